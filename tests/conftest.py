@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer and a tiny random Llama, both built here.
+
+Nothing is downloaded. The tokenizer is trained in a fraction of a second on a small corpus of
+arithmetic text and carries a ChatML chat template, so chat rendering, generation, EOS handling and
+training all run through the same code paths as with a real model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Sam has 12 apples. He buys 7 more. How many apples does Sam have now?",
+    "Sam starts with 12 apples. After buying 7 more he has 12 + 7 = 19. The answer is \\boxed{19}.",
+    "A box holds 6 pens. How many pens are in 4 boxes? 6 * 4 = 24. The answer is \\boxed{24}.",
+    "Solve the problem step by step. Put the final answer in \\boxed{}.",
+    "You are a helpful assistant. #### 42 <<3*4=12>> 0123456789 + - * / = ( ) { } $ \\frac",
+    "What is the value of x if 2x + 3 = 11? Subtract 3 and divide by 2, so x = 4.",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 384):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+    )
+    hf.chat_template = CHATML_TEMPLATE
+    return hf
+
+
+def build_tiny_llama(tokenizer, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A folder with a tiny random Llama and its tokenizer, loadable like any checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = build_tiny_llama(tiny_tokenizer)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
