@@ -1,0 +1,23 @@
+"""Load policies by name or path (including the embedded default), tokenizers, and save them."""
+
+from hybridrft.models.loading import (
+    EMBEDDED_MODELS,
+    ModelNotFoundError,
+    cache_dir,
+    clear_quantization_flags,
+    load_policy,
+    load_tokenizer,
+    resolve_model_path,
+    save_policy,
+)
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "ModelNotFoundError",
+    "cache_dir",
+    "clear_quantization_flags",
+    "load_policy",
+    "load_tokenizer",
+    "resolve_model_path",
+    "save_policy",
+]

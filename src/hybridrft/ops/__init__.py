@@ -1,0 +1,38 @@
+"""Pure tensor functions: log-probs and entropies, advantages, loss terms, aggregation.
+
+No I/O, no globals, no knowledge of models beyond the Hugging Face module interface used by
+``token_logprobs_and_entropy``.
+"""
+
+from hybridrft.ops.advantages import ADVANTAGE_SCALES, group_advantages
+from hybridrft.ops.aggregation import AGGREGATIONS, MaskTotals, aggregate
+from hybridrft.ops.entropy_weights import (
+    ENTROPY_GRANULARITIES,
+    entropy_for_weights,
+    entropy_weight,
+    masked_sequence_mean,
+)
+from hybridrft.ops.logprobs import (
+    chunked_logprobs_and_entropy,
+    logprobs_and_entropy_from_logits,
+    token_logprobs_and_entropy,
+)
+from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability
+
+__all__ = [
+    "ADVANTAGE_SCALES",
+    "AGGREGATIONS",
+    "ENTROPY_GRANULARITIES",
+    "MaskTotals",
+    "aggregate",
+    "chunked_logprobs_and_entropy",
+    "clipped_surrogate",
+    "entropy_for_weights",
+    "entropy_weight",
+    "group_advantages",
+    "k3_kl",
+    "logprobs_and_entropy_from_logits",
+    "masked_sequence_mean",
+    "shaped_probability",
+    "token_logprobs_and_entropy",
+]

@@ -1,0 +1,123 @@
+"""YAML recipes plus dotted command-line overrides, validated against the typed schema.
+
+OmegaConf does the merging and type conversion (``"20"`` becomes ``20`` for an ``int`` field); we
+check every key first so that a typo is reported with the closest valid key instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hybridrft.config.schema import Config
+
+
+class ConfigError(ValueError):
+    """A recipe or override a user wrote is invalid; the message says which key and why."""
+
+
+def _valid_keys(cls: type, prefix: str = "") -> dict[str, bool]:
+    """Every dotted key of a dataclass tree -> whether it is a free-form mapping (any subkey allowed)."""
+    keys: dict[str, bool] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys[key] = False
+            keys.update(_valid_keys(hint, key + "."))
+        else:
+            keys[key] = typing.get_origin(hint) in (dict, typing.Dict)
+    return keys
+
+
+_KEYS = _valid_keys(Config)
+
+
+def check_key(key: str, where: str) -> None:
+    """Raise ``ConfigError`` naming the closest valid key when ``key`` is not in the schema."""
+    if key in _KEYS:
+        return
+    parent = key.rsplit(".", 1)[0] if "." in key else None
+    if parent is not None and _KEYS.get(parent):  # a subkey of a free-form mapping (data.fields.x)
+        return
+    # a free-form mapping can sit higher up too (data.fields.prompt.x is still invalid, but rare)
+    close = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and not _KEYS.get(key, False) and key in _KEYS:
+            yield from _flatten(value, key + ".")
+        else:
+            yield key, value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.max_steps=20"`` -> ``("train.max_steps", 20)``; values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.max_steps=20)")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Build a validated ``Config`` from defaults, an optional base mapping, a recipe, and overrides."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base:
+        layers.append(("built-in defaults", base))
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(tree).__name__}")
+        layers.append((str(path), tree))
+    dotted: dict[str, Any] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        dotted[key] = value
+    merged = OmegaConf.structured(Config)
+    where = "defaults"
+    try:
+        for where, tree in layers:
+            for key, _ in _flatten(tree):
+                check_key(key, where)
+            merged = OmegaConf.merge(merged, tree)
+        where = "command-line overrides"
+        for key, value in dotted.items():
+            check_key(key, where)
+            OmegaConf.update(merged, key, value, merge=True)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:  # type errors; the message names the key
+        first_line = str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"invalid value for '{key}' in {where}: {first_line}") from None
+    except ConfigError:
+        raise
+    except ValueError as err:  # raised by a section's __post_init__ check
+        raise ConfigError(str(err)) from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

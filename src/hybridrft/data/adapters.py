@@ -1,0 +1,183 @@
+"""Adapters: one raw data row (a mapping of column -> value) in, one `Example` out.
+
+Adapters raise `ValueError` with a message that names the offending field; the loader adds the
+source file and row number, so the same adapters serve files, `datasets` objects and user code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from hybridrft.data.answers import gsm8k_final_answer, last_boxed, strip_calculator_marks
+from hybridrft.data.example import Example
+
+FIELD_KEYS = ("prompt", "answer", "demonstration", "id")
+
+
+def _required_text(row: Mapping[str, Any], name: str) -> str:
+    if name not in row or row[name] is None:
+        present = ", ".join(map(str, row)) or "nothing"
+        raise ValueError(f"missing field {name!r} (row has: {present})")
+    value = row[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field {name!r} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"field {name!r} is empty")
+    return value
+
+
+def _row_id(row: Mapping[str, Any], id_field: str, default: str) -> str:
+    value = row.get(id_field)
+    return default if value is None or value == "" else str(value)
+
+
+def gsm8k_example(row: Mapping[str, Any], index: int) -> Example:
+    """A GSM8K row (`question`, `answer` ending in `#### x`) as an Example.
+
+    The demonstration drops the `<<a*b=c>>` calculator marks and the `#### x` line (neither is
+    something we want a policy to imitate) and ends with `The answer is \\boxed{x}.`, the same
+    answer format as every other task, so one reward scores rollouts and demonstrations alike.
+    """
+    question = _required_text(row, "question")
+    solution = _required_text(row, "answer")
+    answer = gsm8k_final_answer(solution)
+    if answer is None:
+        raise ValueError("field 'answer' has no '#### <final answer>' line")
+    if not answer:
+        raise ValueError("field 'answer' has an empty '####' line")
+    steps = strip_calculator_marks(solution[: solution.rfind("####")]).rstrip()
+    closing = f"The answer is \\boxed{{{answer}}}."
+    demonstration = f"{steps}\n{closing}" if steps else closing
+    return Example(
+        id=_row_id(row, "id", f"gsm8k-{index}"),
+        prompt=question,
+        demonstrations=[demonstration],
+        answer=answer,
+    )
+
+
+def math_example(row: Mapping[str, Any], index: int) -> Example:
+    """A MATH row (`problem`, `solution` with the answer in `\\boxed{}`, `level`, `type`)."""
+    problem = _required_text(row, "problem")
+    solution = _required_text(row, "solution")
+    answer = last_boxed(solution)
+    if answer is None:
+        raise ValueError("field 'solution' has no non-empty, balanced \\boxed{} answer")
+    meta = {key: row[key] for key in ("level", "type") if row.get(key) is not None}
+    return Example(
+        id=_row_id(row, "id", f"math-{index}"),
+        prompt=problem,
+        demonstrations=[solution],
+        answer=answer,
+        meta=meta,
+    )
+
+
+def _is_chat(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value)
+    )
+
+
+def _prompt_value(row: Mapping[str, Any], column: str) -> str | list[dict[str, str]]:
+    if column not in row or row[column] is None:
+        raise ValueError(f"missing field {column!r} (row has: {', '.join(map(str, row))})")
+    value = row[column]
+    if _is_chat(value):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError(
+        f"field {column!r} must be non-empty text or a list of chat messages "
+        f"({{'role': ..., 'content': ...}}), got {type(value).__name__}"
+    )
+
+
+def _demonstration_values(row: Mapping[str, Any], column: str) -> list[str]:
+    value = row.get(column)
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v for v in value if v]
+    raise ValueError(
+        f"field {column!r} must be text or a list of texts, got {type(value).__name__}"
+    )
+
+
+def check_field_mapping(fields: Mapping[str, str]) -> None:
+    """Reject a `fields` mapping that cannot work, before any row is read."""
+    import difflib
+
+    for key in fields:
+        if key not in FIELD_KEYS:
+            close = difflib.get_close_matches(str(key), FIELD_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown key {key!r} in fields mapping (valid: {list(FIELD_KEYS)}){hint}"
+            )
+    if "prompt" not in fields:
+        raise ValueError("the fields mapping needs a 'prompt' column")
+    if "answer" not in fields and "demonstration" not in fields:
+        raise ValueError(
+            "the fields mapping needs an 'answer' column, or a 'demonstration' column whose "
+            "text has the answer in \\boxed{}"
+        )
+
+
+def fields_example(row: Mapping[str, Any], index: int, fields: Mapping[str, str]) -> Example:
+    """A row of any layout, through a mapping from Example fields to the row's column names.
+
+    `fields` keys: "prompt" and "answer" (columns), optional "demonstration" (a column with one
+    text or a list of texts) and "id". When the answer is not mapped or the row's answer is empty,
+    the answer is the last `\\boxed{}` of the first demonstration that has one.
+    """
+    check_field_mapping(fields)
+    prompt = _prompt_value(row, fields["prompt"])
+    demo_column = fields.get("demonstration")
+    demonstrations = _demonstration_values(row, demo_column) if demo_column else []
+
+    answer_column = fields.get("answer")
+    raw_answer = row.get(answer_column) if answer_column else None
+    answer = "" if raw_answer is None else str(raw_answer).strip()
+    if not answer:
+        boxed = (last_boxed(demo) for demo in demonstrations)
+        answer = next((a for a in boxed if a), "")
+    if not answer:
+        if answer_column:
+            present = "empty" if answer_column in row else "missing"
+            reason = f"answer field {answer_column!r} is {present}"
+        else:
+            reason = "no answer field is mapped"
+        raise ValueError(f"{reason} and no demonstration has a \\boxed{{}} answer")
+
+    id_column = fields.get("id")
+    example_id = _row_id(row, id_column, f"example-{index}") if id_column else f"example-{index}"
+    return Example(id=example_id, prompt=prompt, demonstrations=demonstrations, answer=answer)
+
+
+ADAPTERS: dict[str, Callable[[Mapping[str, Any], int], Example]] = {
+    "gsm8k": gsm8k_example,
+    "math": math_example,
+}
+
+# Columns that identify a known layout; checked in this order.
+_FORMAT_COLUMNS = (("gsm8k", {"question", "answer"}), ("math", {"problem", "solution"}))
+
+
+def required_columns(format: str) -> set[str]:
+    """The columns a named format's adapter reads (empty for unknown formats)."""
+    return next((set(cols) for name, cols in _FORMAT_COLUMNS if name == format), set())
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    """"gsm8k" for question+answer columns, "math" for problem+solution, "fields" otherwise."""
+    present = set(columns)
+    for name, needed in _FORMAT_COLUMNS:
+        if needed <= present:
+            return name
+    return "fields"

@@ -1,0 +1,256 @@
+"""Read examples from files, `datasets` folders or the Hugging Face hub, and split off a holdout.
+
+Errors a user can cause (a missing file, bad JSON, a wrong column name, a malformed row) name the
+source and the row, and no row is ever dropped without being counted in a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridrft.data.adapters import (
+    ADAPTERS,
+    FIELD_KEYS,
+    check_field_mapping,
+    detect_format,
+    fields_example,
+    required_columns,
+)
+from hybridrft.data.example import Example
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", *ADAPTERS, "fields")
+ERROR_MODES = ("raise", "skip")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Suffixes that mark a source as a file path, not a hub id, even when the file is missing.
+_PATH_SUFFIXES = {*FILE_SUFFIXES, ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip"}
+_REASONS_SHOWN = 3
+
+
+@dataclass
+class _RawRow:
+    """One row as read, or the reason it could not be read (bad JSON, not an object)."""
+
+    where: str  # "line 7" for JSON lines, "row 7" otherwise; both 1-based
+    data: dict[str, Any] | None
+    problem: str | None = None
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether a missing `source` should be reported as a missing path rather than sent to the hub.
+
+    Hub ids look like `owner/name` (one slash), so a single slash alone does not make a path;
+    a data-file suffix, a leading `/`, `.` or `~`, a backslash or a second slash does.
+    """
+    return (
+        Path(source).suffix.lower() in _PATH_SUFFIXES
+        or source.startswith(("/", ".", "~"))
+        or "\\" in source
+        or source.count("/") >= 2
+    )
+
+
+def _json_rows(path: Path) -> Iterator[_RawRow]:
+    """Rows of a JSON array file or a JSON-lines file (whatever its suffix); blank lines skipped."""
+    with path.open(encoding="utf-8") as handle:
+        head = handle.read(4096).lstrip()
+    if head.startswith("["):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        for number, row in enumerate(rows, start=1):
+            yield _object_row(f"row {number}", row)
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"line {line_number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield _RawRow(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            yield _object_row(where, row)
+
+
+def _object_row(where: str, row: Any) -> _RawRow:
+    if isinstance(row, dict):
+        return _RawRow(where, row)
+    return _RawRow(where, None, f"expected a JSON object, got {type(row).__name__}")
+
+
+def _parquet_rows(path: Path) -> Iterator[_RawRow]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield _RawRow(f"row {number}", row)
+
+
+def _dataset_rows(dataset: Any) -> Iterator[_RawRow]:
+    for number, row in enumerate(dataset, start=1):
+        yield _RawRow(f"row {number}", dict(row))
+
+
+def _pick_split(loaded: Any, split: str, source: str) -> Any:
+    """A `DatasetDict` holds several splits; a plain `Dataset` is the split."""
+    import datasets
+
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in loaded:
+            raise ValueError(f"{source} has no split {split!r}; splits: {sorted(loaded.keys())}")
+        return loaded[split]
+    return loaded
+
+
+def _open_rows(source: str, split: str) -> Iterator[_RawRow]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            return _json_rows(path)
+        if suffix == ".parquet":
+            return _parquet_rows(path)
+        raise ValueError(
+            f"{source}: unsupported file type {suffix!r}; use {', '.join(FILE_SUFFIXES)}, a folder "
+            "written by datasets.Dataset.save_to_disk, or a Hugging Face dataset id"
+        )
+    saved_markers = ("state.json", "dataset_dict.json")  # written by save_to_disk
+    if path.is_dir() and any((path / marker).is_file() for marker in saved_markers):
+        import datasets
+
+        return _dataset_rows(_pick_split(datasets.load_from_disk(str(path)), split, source))
+    if not path.exists() and _looks_like_path(source):
+        raise FileNotFoundError(f"data source not found: {source}")
+    import datasets
+
+    # A hub id, or a local folder of data files that `datasets` knows how to read.
+    return _dataset_rows(datasets.load_dataset(source, split=split))
+
+
+def _missing_column_error(name: str, role: str, columns: list[str], source: str) -> ValueError:
+    close = difflib.get_close_matches(name, columns, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ValueError(
+        f"{source}: column {name!r} (for {role}) not found; columns are {columns}{hint}"
+    )
+
+
+def _choose_adapter(
+    format: str, fields: Mapping[str, str] | None, columns: list[str], source: str
+) -> tuple[str, Callable[[Mapping[str, Any], int], Example]]:
+    """Resolve "auto", and check the needed columns once, so a typo is one clear error."""
+    if format == "auto":
+        format = "fields" if fields is not None else detect_format(columns)
+    if format == "fields":
+        if fields is None:
+            raise ValueError(
+                f"{source}: unknown data layout; pass fields={{'prompt': ..., 'answer': ..., "
+                f"'demonstration': ...}} naming its columns; columns are {columns}"
+            )
+        check_field_mapping(fields)
+        for role in FIELD_KEYS:
+            if role in fields and fields[role] not in columns:
+                raise _missing_column_error(fields[role], role, columns, source)
+        return format, functools.partial(fields_example, fields=fields)
+    if fields is not None:
+        raise ValueError(f"fields= is only used with format='fields' (got format={format!r})")
+    for column in sorted(required_columns(format)):
+        if column not in columns:
+            raise _missing_column_error(column, f"format {format!r}", columns, source)
+    return format, ADAPTERS[format]
+
+
+def load_examples(
+    source: str,
+    *,
+    format: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    on_error: str = "raise",
+) -> list[Example]:
+    """Load examples from a `.jsonl` / `.json` / `.parquet` file, a `save_to_disk` folder, or
+    anything `datasets.load_dataset(source, split=split)` accepts (a hub id, a data folder).
+
+    `format` is "auto" (from the first row's columns), "gsm8k", "math" or "fields" (then
+    `fields` maps Example fields to columns; "auto" with `fields` given means "fields"). `split`
+    applies to `datasets` sources only. `limit` keeps the first `limit` valid examples.
+    `on_error="raise"` stops at the first malformed row; "skip" skips such rows and logs one
+    warning with their count and the first few reasons. Row numbers are 1-based; in JSON-lines
+    files they are line numbers, which is what an editor shows.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
+    if on_error not in ERROR_MODES:
+        raise ValueError(f"on_error must be one of {list(ERROR_MODES)}, got {on_error!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+    source = os.fspath(source)
+    rows = _open_rows(source, split)
+    examples: list[Example] = []
+    skipped: list[str] = []
+    seen = 0
+    adapter = None
+    for index, raw in enumerate(rows):
+        if limit is not None and len(examples) >= limit:
+            break
+        seen += 1
+        problem = raw.problem
+        if raw.data is not None:
+            if adapter is None:
+                format, adapter = _choose_adapter(format, fields, list(raw.data), source)
+            try:
+                examples.append(adapter(raw.data, index))
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is None:
+            continue
+        if on_error == "raise":
+            raise ValueError(f"{source}, {raw.where}: {problem}")
+        skipped.append(f"{raw.where}: {problem}")
+
+    if seen == 0 and limit != 0:
+        raise ValueError(f"{source} has no rows")
+    if skipped:
+        reasons = "; ".join(skipped[:_REASONS_SHOWN])
+        hidden = len(skipped) - _REASONS_SHOWN
+        more = f"; ... ({hidden} more)" if hidden > 0 else ""
+        logger.warning(
+            "skipped %d of %d rows in %s: %s%s", len(skipped), seen, source, reasons, more
+        )
+    logger.info("loaded %d examples from %s (format %s)", len(examples), source, format)
+    return examples
+
+
+def split_holdout(
+    examples: list[Example], holdout: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Split into (train, heldout) with `holdout` examples chosen by a seeded shuffle.
+
+    The same seed holds out the same examples; both parts keep the input order, so the held-out
+    ids can be listed next to a benchmark result and the training order stays the caller's.
+    """
+    if not 0 <= holdout <= len(examples):
+        raise ValueError(f"holdout must be between 0 and {len(examples)}, got {holdout}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:holdout])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    heldout = [ex for i, ex in enumerate(examples) if i in held]
+    return train, heldout

@@ -1,0 +1,77 @@
+"""Held-out accuracy of a policy: greedy completions scored with the run's reward functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hybridrft.data import Example
+from hybridrft.rewards import combine_rewards
+from hybridrft.rollout import Sampler, SamplingParams
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # share of problems whose reward reaches the correctness threshold
+    mean_reward: float
+    mean_length: float  # completion tokens
+    truncated: float  # share of completions cut at max_new_tokens
+    num_examples: int
+    records: list[dict] = field(default_factory=list)  # one per problem: what the model wrote and its score
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        return {
+            f"{prefix}/accuracy": self.accuracy,
+            f"{prefix}/mean_reward": self.mean_reward,
+            f"{prefix}/response_length": self.mean_length,
+            f"{prefix}/truncated": self.truncated,
+        }
+
+
+def evaluate(
+    sampler: Sampler,
+    examples: list[Example],
+    prompt_ids: list[list[int]],
+    reward_fns: list[tuple[str, Callable, float]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    correct_threshold: float = 1.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Greedy-decode every prompt once and score it; ``on_batch(k)`` reports progress."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    records = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        completions = sampler.generate(prompt_ids[start : start + batch_size], params)
+        texts = [c.text for c in completions]
+        rewards, _ = combine_rewards(
+            reward_fns,
+            [e.prompt for e in chunk],
+            texts,
+            [e.answer for e in chunk],
+        )
+        for example, completion, reward in zip(chunk, completions, rewards):
+            records.append(
+                {
+                    "id": example.id,
+                    "answer": example.answer,
+                    "completion": completion.text,
+                    "reward": reward,
+                    "correct": reward >= correct_threshold,
+                    "length": len(completion.token_ids),
+                    "truncated": completion.truncated,
+                }
+            )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    n = max(len(records), 1)
+    return EvalResult(
+        accuracy=sum(r["correct"] for r in records) / n,
+        mean_reward=sum(r["reward"] for r in records) / n,
+        mean_length=sum(r["length"] for r in records) / n,
+        truncated=sum(r["truncated"] for r in records) / n,
+        num_examples=len(records),
+        records=records,
+    )

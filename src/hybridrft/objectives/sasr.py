@@ -1,0 +1,134 @@
+"""SASR: Step-wise Adaptive SFT/RL integration (Chen et al. 2025, arXiv 2505.13026, Algorithm 1).
+
+1. Warm-up: ``warmup_steps`` pure SFT steps. On the last one record ``G_warmup``, the L2 norm of the
+   SFT gradient before clipping.
+2. After warm-up, each step ``t``:
+
+       p_t = G_sft / (G_sft + gamma * G_warmup)
+
+   with ``G_sft`` the pre-clip gradient norm of the most recent SFT step. Draw ``u ~ U(0, 1)`` from the
+   objective's own seeded generator; take an SFT step if ``u < p_t``, else a GRPO step. Only SFT steps
+   update ``G_sft``. A large SFT gradient (the policy is far from the demonstrations) makes SFT more
+   likely; as SFT converges its gradient shrinks and RL takes over.
+
+SFT steps use the ``sft`` section and the SFT loss of ``sft.py``; GRPO steps the ``grpo`` section and
+the loss of ``grpo.py``. ``G_warmup``, ``G_sft``, the generator state and the choice history are
+checkpointed, so a resumed run makes the same choices.
+
+The paper also mentions the divergence from the initial distribution; its exact formula is not
+public. The choice rule is therefore a registered function of the objective's state: a variant
+(for instance one that uses the KL to the initial policy) is a new function and
+``sasr.choice_rule=<name>``, not a fork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from hybridrft.config import SASRConfig
+from hybridrft.objectives.base import RL, SFT, Objective, StepPlan, register_objective
+from hybridrft.objectives.grpo import ROLLOUT, grpo_advantages, grpo_loss, rollout_mask
+from hybridrft.objectives.sft import DEMO, demo_mask, sft_loss
+
+
+@dataclass
+class SASRState:
+    g_warmup: float | None = None
+    g_sft: float | None = None
+    choices: list[str] = field(default_factory=list)  # "sft" / "rl" per step, in order
+
+
+def sft_probability(g_sft: float, g_warmup: float, gamma: float) -> float:
+    """``p_t = G_sft / (G_sft + gamma * G_warmup)``; 1 when both norms are 0 (nothing to compare)."""
+    denominator = g_sft + gamma * g_warmup
+    return 1.0 if denominator <= 0 else g_sft / denominator
+
+
+ChoiceRule = Callable[[SASRState, SASRConfig], float]
+CHOICE_RULES: dict[str, ChoiceRule] = {}
+
+
+def register_choice_rule(name: str) -> Callable[[ChoiceRule], ChoiceRule]:
+    def register(rule: ChoiceRule) -> ChoiceRule:
+        CHOICE_RULES[name] = rule
+        return rule
+
+    return register
+
+
+@register_choice_rule("grad_norm")
+def grad_norm_rule(state: SASRState, cfg: SASRConfig) -> float:
+    """The paper's rule: probability of SFT from the latest SFT gradient norm vs. the warm-up norm."""
+    return sft_probability(state.g_sft, state.g_warmup, cfg.gamma)
+
+
+@register_objective
+class SASRObjective(Objective):
+    name = "sasr"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cfg = config.sasr
+        if self.cfg.choice_rule not in CHOICE_RULES:
+            raise ValueError(f"unknown sasr.choice_rule '{self.cfg.choice_rule}' (known: {', '.join(CHOICE_RULES)})")
+        self.rule = CHOICE_RULES[self.cfg.choice_rule]
+        self.state = SASRState()
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+
+    def plan(self, step: int) -> StepPlan:
+        """Steps are numbered from 1; steps ``1..warmup_steps`` are the SFT warm-up."""
+        if step <= self.cfg.warmup_steps:
+            kind, info = SFT, {"sasr/p_t": 1.0, "sasr/warmup": 1.0}
+        else:
+            p_t = self.rule(self.state, self.cfg)
+            u = float(torch.rand((), generator=self.generator))
+            kind = SFT if u < p_t else RL
+            info = {"sasr/p_t": p_t, "sasr/u": u, "sasr/warmup": 0.0}
+        info["sasr/choice_sft"] = 1.0 if kind == SFT else 0.0
+        self.state.choices.append(kind)
+        if kind == SFT:
+            return StepPlan(SFT, 0, self.config.sft.demos_per_prompt, info)
+        return StepPlan(RL, self.config.grpo.num_generations, 0, info)
+
+    def prepare(self, batch, plan):
+        if plan.kind == RL:
+            batch.advantage = grpo_advantages(batch, self.config.grpo)
+
+    def masks(self, batch, plan):
+        return {DEMO: demo_mask(batch)} if plan.kind == SFT else {ROLLOUT: rollout_mask(batch)}
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.grpo.beta > 0
+
+    def loss(self, batch, out, totals, plan):
+        if plan.kind == SFT:
+            return sft_loss(self, batch, out, totals)
+        return grpo_loss(self, self.config.grpo, batch, out, totals)
+
+    def after_step(self, step: int, plan: StepPlan, grad_norm: float) -> dict[str, float]:
+        if plan.kind == SFT:
+            self.state.g_sft = grad_norm
+            if step == self.cfg.warmup_steps:
+                self.state.g_warmup = grad_norm
+        metrics = {}
+        if self.state.g_sft is not None:
+            metrics["sasr/g_sft"] = self.state.g_sft
+        if self.state.g_warmup is not None:
+            metrics["sasr/g_warmup"] = self.state.g_warmup
+        return metrics
+
+    def state_dict(self):
+        return {
+            "g_warmup": self.state.g_warmup,
+            "g_sft": self.state.g_sft,
+            "choices": list(self.state.choices),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state):
+        self.state = SASRState(state["g_warmup"], state["g_sft"], list(state["choices"]))
+        self.generator.set_state(state["generator"])

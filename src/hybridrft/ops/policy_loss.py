@@ -1,0 +1,46 @@
+"""Per-token policy-gradient loss terms. Each returns ``[B, T]`` values to be aggregated."""
+
+from __future__ import annotations
+
+import torch
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO/GRPO clipped objective as a loss: ``-min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)``.
+
+    ``rho = exp(logp - old_logp)``; ``advantages`` broadcast against ``logp`` (``[B, 1]`` for a
+    sequence-level advantage). Returns ``(loss [B, T], clipped [B, T] bool)``, the second marking
+    tokens where the clipped branch was taken (for the clip-fraction metric). With ``old_logp =
+    logp.detach()`` (each batch used once) the ratio is 1 and the gradient is ``-A grad logp``.
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, clipped < unclipped
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of ``KL(pi || pi_ref)``: ``exp(ref - logp) - (ref - logp) - 1`` (>= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+def shaped_probability(logp: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """``p`` itself, or LUFFY's policy shaping ``f(p) = p / (p + gamma)`` when ``gamma`` is set.
+
+    Off-policy demonstration tokens are trained with behaviour probability 1, so the importance
+    ratio is the plain probability ``p = exp(logp)``; shaping reweights the gradient towards
+    low-probability tokens (``f'(p) = gamma / (p + gamma)^2``).
+    """
+    p = torch.exp(logp)
+    if gamma is None:
+        return p
+    return p / (p + gamma)

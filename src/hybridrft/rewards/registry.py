@@ -1,0 +1,183 @@
+"""Reward functions by name, and the weighted combination a trainer uses every step.
+
+Configs name rewards as strings: a built-in (``"math"``, ``"format"``), a name a user registered
+with :func:`register_reward`, or ``"package.module:function"`` for any TRL-style function.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hybridrft.rewards.base import RewardFn
+from hybridrft.rewards.counters import (
+    COUNTERS,
+    RewardCounters,
+    reset_reward_counters,
+    reward_counters,
+)
+from hybridrft.rewards.format_reward import boxed_format_reward
+from hybridrft.rewards.math_reward import math_answer_reward
+
+__all__ = [
+    "REWARDS",
+    "RewardCounters",
+    "RewardFn",
+    "UnknownRewardError",
+    "combine_rewards",
+    "get_reward",
+    "register_reward",
+    "reset_reward_counters",
+    "reward_counters",
+]
+
+logger = logging.getLogger(__name__)
+
+REWARDS: dict[str, RewardFn] = {
+    "math": math_answer_reward,
+    "format": boxed_format_reward,
+}
+
+
+class UnknownRewardError(KeyError):
+    """No reward by that name; the message lists the known names and the closest one."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as a repr
+        return str(self.args[0])
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator that makes a reward function available to configs under ``name``."""
+    if not name or ":" in name:
+        raise ValueError(f"reward name must be non-empty and without ':', got {name!r}")
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        existing = REWARDS.get(name)
+        if existing is not None and existing is not fn:
+            raise ValueError(f"reward {name!r} is already registered ({existing!r})")
+        REWARDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def _import_reward(reference: str) -> RewardFn:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ImportError(f"cannot import reward function {reference!r}: {error}") from error
+    if not callable(target):
+        raise TypeError(f"reward {reference!r} is {type(target).__name__}, not a function")
+    return target
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward function called ``name``, or imported from ``"package.module:function"``.
+
+    Raises:
+        UnknownRewardError (a KeyError): unknown name; the message suggests the closest one.
+        ImportError: a ``module:function`` reference that cannot be imported.
+    """
+    if ":" in name:
+        return _import_reward(name)
+    if name in REWARDS:
+        return REWARDS[name]
+    known = sorted(REWARDS)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UnknownRewardError(
+        f"unknown reward {name!r}{hint} Known rewards: {', '.join(known)}; "
+        "or give 'package.module:function' for your own"
+    )
+
+
+_reported_failures: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def _report_failure(name: str, size: int, error: Exception) -> None:
+    # One line per failing batch; the traceback only the first time per reward, so a function
+    # that fails every step does not flood the log.
+    with _reported_lock:
+        first = name not in _reported_failures
+        _reported_failures.add(name)
+    logger.warning(
+        "reward %r raised on a batch of %d completions; all scored 0: %s: %s",
+        name,
+        size,
+        type(error).__name__,
+        error,
+        exc_info=error if first else None,
+    )
+
+
+def _as_scores(name: str, raw: Any, size: int) -> list[float]:
+    """Validate one function's output: None and non-finite become 0.0; a wrong shape raises."""
+    if raw is None or isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
+        raise ValueError(f"reward {name!r} returned {type(raw).__name__}, not a list of scores")
+    if len(raw) != size:
+        raise ValueError(f"reward {name!r} returned {len(raw)} scores for {size} completions")
+    scores = []
+    non_finite = 0
+    for value in raw:
+        if value is None:
+            scores.append(0.0)
+            continue
+        try:
+            score = float(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"reward {name!r} returned a non-number score {value!r}") from error
+        if not math.isfinite(score):
+            non_finite += 1
+            score = 0.0
+        scores.append(score)
+    if non_finite:
+        COUNTERS.add(errors=non_finite)
+        logger.warning("reward %r returned %d non-finite scores; scored 0", name, non_finite)
+    return scores
+
+
+def combine_rewards(
+    fns: Sequence[tuple[str, RewardFn, float]],
+    prompts: list,
+    completions: list,
+    answers: list[str],
+    columns: dict[str, list] | None = None,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Score a batch with every ``(name, fn, weight)`` and sum the weighted scores.
+
+    Each function is called once on the whole batch, TRL-style:
+    ``fn(prompts=..., completions=..., answer=..., **columns)``. None scores count as 0.0. A
+    function that raises scores 0.0 on the whole batch and counts one error (training goes on);
+    one that returns the wrong number of scores is a bug and raises ValueError naming it.
+
+    Returns:
+        (weighted total per completion, {name: per-completion scores}).
+    """
+    size = len(completions)
+    reserved = ("prompts", "completions", "answer")
+    extra = {k: v for k, v in (columns or {}).items() if k not in reserved}
+    names = [name for name, _, _ in fns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique, got {names}")
+    totals = [0.0] * size
+    per_reward: dict[str, list[float]] = {}
+    for name, fn, weight in fns:
+        try:
+            raw = fn(prompts=prompts, completions=completions, answer=answers, **extra)
+        except Exception as error:
+            COUNTERS.add(errors=1)
+            _report_failure(name, size, error)
+            raw = [0.0] * size
+        scores = _as_scores(name, raw, size)
+        per_reward[name] = scores
+        totals = [total + weight * score for total, score in zip(totals, scores)]
+    return totals, per_reward

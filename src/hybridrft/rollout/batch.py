@@ -1,0 +1,98 @@
+"""``RolloutBatch``: every sequence a training step learns from, rollouts and demonstrations alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """Right-padded ``prompt + completion`` sequences with their per-sequence training signals.
+
+    ``loss_mask`` marks completion tokens only (including the EOS that ends a completion), in the
+    coordinates of ``input_ids``: the log-prob at position ``t`` scores ``input_ids[:, t]``.
+    """
+
+    input_ids: torch.Tensor  # [N, T] long
+    attention_mask: torch.Tensor  # [N, T] long
+    loss_mask: torch.Tensor  # [N, T] bool
+    is_demo: torch.Tensor  # [N] bool
+    group: torch.Tensor  # [N] long, prompt index within the step
+    reward: torch.Tensor  # [N] float
+    truncated: torch.Tensor  # [N] bool: a rollout hit max_new_tokens without EOS
+    advantage: torch.Tensor | None = None  # [N] float, set by the objective
+    old_logp: torch.Tensor | None = None  # [N, T], when a batch is reused for several updates
+    ref_logp: torch.Tensor | None = None  # [N, T], reference policy (KL penalty)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        return self.loss_mask.sum(-1)
+
+    @property
+    def sequence_lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(-1)
+
+    def select(self, index: torch.Tensor | list[int]) -> "RolloutBatch":
+        """Rows ``index``, with trailing all-padding columns dropped."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        rows = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rows[f.name] = None if value is None else value[index]
+        width = int(rows["attention_mask"].sum(-1).max()) if len(index) else 0
+        for name in ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp"):
+            if rows[name] is not None:
+                rows[name] = rows[name][:, :width]
+        return RolloutBatch(**rows)
+
+    def to(self, device) -> "RolloutBatch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None})
+
+
+def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:
+    """Index lists of at most ``micro_batch_size`` rows, grouped by similar length to cut padding."""
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [N, T], attention_mask [N, T])`` for ragged token lists."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def build_rollout_batch(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    is_demo: list[bool],
+    group: list[int],
+    reward: list[float],
+    truncated: list[bool],
+    pad_id: int,
+) -> RolloutBatch:
+    """Join each prompt with its completion and mark the completion tokens for the loss."""
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    input_ids, attention_mask = pad_right(rows, pad_id)
+    loss_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        loss_mask[i, len(p) : len(p) + len(c)] = True
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        loss_mask=loss_mask,
+        is_demo=torch.tensor(is_demo, dtype=torch.bool),
+        group=torch.tensor(group, dtype=torch.long),
+        reward=torch.tensor(reward, dtype=torch.float32),
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+    )

@@ -1,0 +1,111 @@
+"""Samplers turn prompts into completions. ``HFSampler`` uses ``transformers.generate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1  # completions per prompt
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+@dataclass
+class Completion:
+    prompt_index: int
+    token_ids: list[int]  # generated tokens, up to and including EOS when one was produced
+    text: str  # decoded without special tokens
+    finished: bool  # ended with EOS
+    truncated: bool  # stopped at max_new_tokens without EOS
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
+        """``len(prompts) * params.n`` completions, grouped by prompt in order."""
+        ...
+
+
+class HFSampler:
+    """Batched sampling with ``model.generate`` on the policy being trained.
+
+    Prompts arrive as token ids; they are left-padded per generation batch. Sampling is seeded per
+    call, so a step's rollouts depend only on the weights and the seed (which makes resumed runs
+    reproduce the rollouts of a straight run).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
+        if seed is not None:
+            torch.manual_seed(seed)
+        jobs = [i for i in range(len(prompts)) for _ in range(params.n)]
+        was_training = self.model.training
+        self.model.eval()
+        out: list[Completion] = []
+        try:
+            for start in range(0, len(jobs), self.batch_size):
+                chunk = jobs[start : start + self.batch_size]
+                out.extend(self._generate_chunk([prompts[i] for i in chunk], chunk, params))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, prompts: list[list[int]], prompt_index: list[int], params: SamplingParams) -> list[Completion]:
+        width = max(len(p) for p in prompts)
+        device = next(self.model.parameters()).device
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        greedy = params.temperature <= 0
+        sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        generated = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=not greedy,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+            **sampling,
+        )[:, width:].cpu()
+        completions = []
+        for row, index in zip(generated.tolist(), prompt_index):
+            end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+            tokens = row if end is None else row[: end + 1]
+            completions.append(
+                Completion(
+                    prompt_index=index,
+                    token_ids=tokens,
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    finished=end is not None,
+                    truncated=end is None and len(tokens) >= params.max_new_tokens,
+                )
+            )
+        return completions
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the generation config (chat models often list several) plus the tokenizer's."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None and v not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+    return ids

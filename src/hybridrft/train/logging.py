@@ -1,0 +1,127 @@
+"""Run-folder logging: ``metrics.jsonl``, sample completions, evaluation generations, progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per line; a resumed run first drops the lines after its checkpoint."""
+
+    def __init__(self, run_dir: Path, *, truncate_after: int = 0, accelerator=None):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.samples_path = run_dir / "samples.jsonl"
+        self.accelerator = accelerator
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.path, self.samples_path):
+            _keep_lines_up_to(path, truncate_after)
+
+    def log(self, metrics: dict[str, Any], kind: str = "train") -> None:
+        record = {"kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(numeric, step=metrics["step"])
+
+    def write_samples(self, samples: list[dict[str, Any]]) -> None:
+        with self.samples_path.open("a") as f:
+            for sample in samples:
+                f.write(json.dumps(sample) + "\n")
+
+    def write_generations(self, step: int, records: list[dict[str, Any]]) -> None:
+        path = self.run_dir / "eval" / f"generations-step-{step:06d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+
+
+def _keep_lines_up_to(path: Path, step: int) -> None:
+    """Rewrite ``path`` keeping the records with ``step <= step`` (all of them gone when step is 0)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    if step == 0:
+        kept = []
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: Path, kind: str | None = "train") -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+class StepProgress:
+    """A rich progress bar over training steps, with evaluation as its own bar, plus summary lines."""
+
+    SUMMARY_KEYS = (
+        ("loss", "loss"),
+        ("reward/mean", "reward"),
+        ("accuracy/rollout", "acc"),
+        ("entropy/rollout", "H_roll"),
+        ("entropy/demo", "H_demo"),
+        ("srft/w_sft", "w_sft"),
+        ("srft/w_rl", "w_rl"),
+        ("sasr/p_t", "p_t"),
+        ("grad_norm", "|g|"),
+        ("time/step", "s/step"),
+    )
+
+    def __init__(self, total_steps: int, start_step: int = 0, method: str = "", log_every: int = 1, console: Console | None = None):
+        self.console = console or Console(stderr=True, log_path=False)
+        self.log_every = max(log_every, 1)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+        )
+        self.task = self.progress.add_task(f"train {method}", total=total_steps, completed=start_step, info="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        parts = [f"{label}={metrics[key]:.3g}" for key, label in self.SUMMARY_KEYS if isinstance(metrics.get(key), (int, float))]
+        return " ".join(parts)
+
+    def step_done(self, metrics: dict[str, Any]) -> None:
+        step = metrics["step"]
+        self.progress.update(self.task, advance=1, info=f"loss={metrics.get('loss', float('nan')):.3g}")
+        if step % self.log_every == 0:
+            self.progress.console.log(f"step {step} [{metrics.get('plan', '')}] {self.summary(metrics)}")
+
+    def start_eval(self, total: int, step: int):
+        return self.progress.add_task(f"eval @ step {step}", total=total, info="")
+
+    def advance_eval(self, task, count: int) -> None:
+        self.progress.update(task, advance=count)
+
+    def finish_eval(self, task, result) -> None:
+        self.progress.update(task, info=f"accuracy={result.accuracy:.3f}")
+        self.progress.console.log(
+            f"eval: accuracy={result.accuracy:.3f} reward={result.mean_reward:.3f} "
+            f"length={result.mean_length:.1f} truncated={result.truncated:.2f} (n={result.num_examples})"
+        )

@@ -1,0 +1,498 @@
+"""The Trainer: one loop for every method, read top to bottom in ``training_step``.
+
+    plan -> rollouts -> rewards -> RolloutBatch -> advantages -> micro-batched loss/backward
+         -> pre-clip gradient norm, clip, AdamW + LR schedule -> objective.after_step -> metrics
+
+The objective decides what a step needs and what its loss is; the Trainer does everything else:
+sampling, scoring, batching, normalisation across micro-batches (and processes), optimisation,
+evaluation, checkpoints and logging. It runs as one process on CPU and under ``accelerate launch``
+on GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from hybridrft.config import Config, config_to_yaml
+from hybridrft.data import Example, arithmetic_splits, load_examples, split_holdout
+from hybridrft.eval import EvalResult, evaluate
+from hybridrft.models import load_policy, load_tokenizer, save_policy
+from hybridrft.objectives import BatchTotals, PolicyOutputs, StepPlan, build_objective
+from hybridrft.ops import MaskTotals, token_logprobs_and_entropy
+from hybridrft.rewards import combine_rewards, get_reward, reward_counters
+from hybridrft.rollout import (
+    HFSampler,
+    RolloutBatch,
+    SamplingParams,
+    build_rollout_batch,
+    encode_prompts,
+    length_sorted_micro_batches,
+)
+from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from hybridrft.train.logging import MetricsLogger, StepProgress
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_ARITHMETIC = "builtin:arithmetic"
+
+
+@dataclass
+class PromptSet:
+    """Examples together with their prompts as token ids (rendered with the chat template)."""
+
+    examples: list[Example]
+    prompt_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    evals: dict[int, EvalResult] = field(default_factory=dict)  # step -> held-out result
+    final_model: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_datasets(config: Config) -> tuple[list[Example], list[Example]]:
+    """Training and held-out examples: the built-in task, a file or dataset, and a held-out split."""
+    data = config.data
+    if data.source == BUILTIN_ARITHMETIC:
+        return arithmetic_splits(data.builtin_size, config.eval.size, seed=config.train.seed)
+    kwargs = dict(format=data.format, fields=data.fields or None, on_error=data.on_error)
+    train = load_examples(data.source, split=data.split, limit=data.limit, **kwargs)
+    if data.eval_source:
+        return train, load_examples(data.eval_source, limit=config.eval.size, **kwargs)
+    return split_holdout(train, config.eval.size, seed=config.train.seed)
+
+
+class Trainer:
+    """Train ``config.model`` with ``config.method``; drive it from Python or ``hybridrft train``.
+
+    ``model``, ``tokenizer``, ``train_examples``, ``eval_examples`` and ``reward_fns`` may be passed in
+    to bypass loading them from the config (for example a model built in memory).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        model=None,
+        tokenizer=None,
+        train_examples: list[Example] | None = None,
+        eval_examples: list[Example] | None = None,
+        reward_fns: list[tuple[str, Callable, float]] | None = None,
+    ):
+        from accelerate import Accelerator
+
+        self.config = config
+        cfg = config.train
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        self.output_dir = Path(cfg.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(self.output_dir))
+
+        resume_from = latest_checkpoint(self.checkpoint_dir)
+        if resume_from is not None and not cfg.resume:
+            if not cfg.overwrite:
+                raise FileExistsError(
+                    f"{self.output_dir} already holds a run ({resume_from.name}); pass --resume to continue it, "
+                    "train.overwrite=true to start over in it, or choose another train.output_dir"
+                )
+            resume_from = None
+        if cfg.resume and resume_from is None:
+            logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
+        self.resume_from = resume_from
+
+        # model and tokenizer (a resumed run takes the weights of its checkpoint)
+        policy_source = str(resume_from / "model") if resume_from else config.model.name_or_path
+        self.tokenizer = tokenizer or load_tokenizer(config.model.name_or_path)
+        if model is None:
+            model = load_policy(
+                policy_source,
+                dtype=config.model.dtype,
+                attn_implementation=config.model.attn_implementation,
+                gradient_checkpointing=config.model.gradient_checkpointing,
+            )
+        elif resume_from:
+            model.load_state_dict(load_policy(policy_source).state_dict())
+        self.objective = build_objective(config)
+        self.reference = None
+        if self.objective.needs_reference:
+            self.reference = load_policy(config.model.name_or_path, dtype=config.model.dtype).eval().requires_grad_(False)
+
+        # data and rewards
+        if train_examples is None:
+            train_examples, loaded_eval = load_datasets(config)
+            eval_examples = loaded_eval if eval_examples is None else eval_examples
+        self.train_set = self._encode(train_examples, "training data")
+        self.eval_set = self._encode(eval_examples or [], "evaluation data")
+        if len(self.train_set) == 0:
+            raise ValueError(f"no usable training examples in {config.data.source}")
+        self.reward_fns = reward_fns or [
+            (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
+        ]
+
+        # optimisation
+        from transformers import get_scheduler
+
+        model.train()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
+        # the scheduler is stepped by us once per optimisation step (not handed to accelerate,
+        # which would step it once per process)
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if self.reference is not None:
+            self.reference.to(self.accelerator.device)
+        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=config.rollout.generation_batch_size)
+
+        self.step = 0
+        self.data_cursor = 0  # prompts consumed so far; the order is a seeded permutation per epoch
+        self.evals: dict[int, EvalResult] = {}
+        if resume_from:
+            state = load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.step = state["step"]
+            self.data_cursor = state["data_cursor"]
+            self.objective.load_state_dict(state["objective"])
+            logger.info("resumed from %s at step %d", resume_from, self.step)
+        self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _encode(self, examples: list[Example], what: str) -> PromptSet:
+        data = self.config.data
+        kept, ids = encode_prompts(
+            self.tokenizer,
+            examples,
+            system_prompt=data.system_prompt,
+            answer_instruction=data.answer_instruction,
+            max_prompt_tokens=data.max_prompt_tokens,
+            source=f"{what} ({data.source})",
+        )
+        return PromptSet(kept, ids)
+
+    def _next_prompts(self, count: int) -> list[int]:
+        """Indices of the next ``count`` training prompts: a fresh seeded permutation each epoch."""
+        size = len(self.train_set)
+        out = []
+        for position in range(self.data_cursor, self.data_cursor + count):
+            epoch, offset = divmod(position, size)
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch))
+            out.append(int(order[offset]))
+        self.data_cursor += count
+        return out
+
+    def _demonstration_ids(self, example: Example, count: int) -> tuple[list[list[int]], list[str], int]:
+        """The first ``count`` demonstrations (cycled if fewer), tokenized, EOS-terminated, length-capped."""
+        if not example.demonstrations:
+            raise ValueError(f"example {example.id} has no demonstration but the method trains on demonstrations")
+        eos = self.tokenizer.eos_token_id
+        limit = self.config.data.max_demo_tokens
+        ids, texts, truncated = [], [], 0
+        for j in range(count):
+            text = example.demonstrations[j % len(example.demonstrations)]
+            tokens = self.tokenizer(text, add_special_tokens=False).input_ids + [eos]
+            if len(tokens) > limit:
+                tokens, truncated = tokens[:limit], truncated + 1
+            ids.append(tokens)
+            texts.append(text)
+        return ids, texts, truncated
+
+    # ------------------------------------------------------------------ the step
+
+    def training_step(self, step: int) -> dict[str, Any]:
+        cfg, rollout_cfg = self.config.train, self.config.rollout
+        t_start = time.perf_counter()
+        metrics: dict[str, Any] = {"step": step}
+
+        # 1-2. prompts and the objective's plan for this step
+        prompt_index = self._next_prompts(cfg.prompts_per_step)
+        examples = [self.train_set.examples[i] for i in prompt_index]
+        prompts = [self.train_set.prompt_ids[i] for i in prompt_index]
+        plan: StepPlan = self.objective.plan(step)
+        metrics["plan"] = plan.kind
+        metrics.update(plan.info)
+
+        # 3. rollouts from the current policy (seeded per step: a resumed run samples the same)
+        rows: list[tuple[int, list[int], str, bool, bool]] = []  # (group, ids, text, is_demo, truncated)
+        t_gen = time.perf_counter()
+        if plan.rollouts_per_prompt > 0:
+            params = SamplingParams(
+                n=plan.rollouts_per_prompt,
+                temperature=rollout_cfg.temperature,
+                top_p=rollout_cfg.top_p,
+                max_new_tokens=rollout_cfg.max_new_tokens,
+            )
+            for c in self.sampler.generate(prompts, params, seed=cfg.seed * 1_000_003 + step):
+                rows.append((c.prompt_index, c.token_ids, c.text, False, c.truncated))
+        generate_s = time.perf_counter() - t_gen
+        generated_tokens = sum(len(r[1]) for r in rows)
+
+        # ... and demonstrations, which enter the batch as completions of their prompt
+        demo_truncated = 0
+        for g, example in enumerate(examples):
+            if plan.demos_per_prompt > 0:
+                ids, texts, truncated = self._demonstration_ids(example, plan.demos_per_prompt)
+                demo_truncated += truncated
+                rows.extend((g, d, t, True, False) for d, t in zip(ids, texts))
+
+        # 4. rewards for every completion, demonstrations included (they should earn full reward)
+        t_reward = time.perf_counter()
+        rewards, per_fn = combine_rewards(
+            self.reward_fns,
+            [examples[r[0]].prompt for r in rows],
+            [r[2] for r in rows],
+            [examples[r[0]].answer for r in rows],
+        )
+        reward_s = time.perf_counter() - t_reward
+
+        # 5. one RolloutBatch; the objective derives advantages from it
+        batch = build_rollout_batch(
+            [prompts[r[0]] for r in rows],
+            [r[1] for r in rows],
+            is_demo=[r[3] for r in rows],
+            group=[r[0] for r in rows],
+            reward=rewards,
+            truncated=[r[4] for r in rows],
+            pad_id=self.tokenizer.pad_token_id,
+        )
+        self.objective.prepare(batch, plan)
+        metrics.update(self._batch_metrics(batch, per_fn, demo_truncated))
+
+        # 6-7. loss over length-sorted micro-batches, normalised by full-batch totals
+        t_train = time.perf_counter()
+        masks = self.objective.masks(batch, plan)
+        masks["all_rollouts"] = batch.loss_mask & ~batch.is_demo.unsqueeze(-1)
+        masks["all_demos"] = batch.loss_mask & batch.is_demo.unsqueeze(-1)
+        totals = BatchTotals({name: self._global_totals(mask) for name, mask in masks.items()})
+        micro_batches = length_sorted_micro_batches(batch.sequence_lengths, cfg.micro_batch_size)
+        entropy_masks = self.objective.entropy_means_needed(plan)
+        if entropy_masks:  # batch-granularity weights need the whole batch's entropy first
+            totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, masks, totals)
+        step_metrics, loss_total = self._accumulate_gradients(batch, micro_batches, plan, totals, masks)
+        metrics.update(step_metrics)
+        metrics["loss"] = loss_total
+
+        # 8. pre-clip gradient norm, clip, optimizer and scheduler
+        grad_norm = self._clip_gradients()
+        metrics["grad_norm"] = grad_norm
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics.update(self.objective.after_step(step, plan, grad_norm))
+        train_s = time.perf_counter() - t_train
+
+        step_s = time.perf_counter() - t_start
+        trained_tokens = int(batch.attention_mask.sum())
+        metrics.update(
+            {
+                "time/step": step_s,
+                "time/generate": generate_s,
+                "time/reward": reward_s,
+                "time/train": train_s,
+                "throughput/tokens_per_s": trained_tokens / step_s,
+                "throughput/generated_tokens_per_s": generated_tokens / generate_s if generated_tokens else 0.0,
+                "tokens/trained": trained_tokens,
+                "tokens/generated": generated_tokens,
+            }
+        )
+        metrics.update(reward_counters())
+        self._last_samples = [
+            {"step": step, "group": r[0], "is_demo": r[3], "reward": rewards[k], "text": r[2]}
+            for k, r in enumerate(rows)
+            if not r[3]
+        ][: cfg.log_samples]
+        return metrics
+
+    def _forward(self, micro: RolloutBatch) -> PolicyOutputs:
+        logp, entropy = token_logprobs_and_entropy(
+            self.model, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
+        )
+        return PolicyOutputs(logp=logp, entropy=entropy)
+
+    def _accumulate_gradients(self, batch, micro_batches, plan, totals, masks) -> tuple[dict[str, float], float]:
+        """Backward over every micro-batch; the summed micro-batch losses are the full-batch loss."""
+        device = self.accelerator.device
+        # DDP averages gradients over processes; totals are global, so undo that average
+        scale = float(self.accelerator.num_processes)
+        sums: dict[str, float] = {}
+        loss_total = 0.0
+        for k, index in enumerate(micro_batches):
+            micro = batch.select(index).to(device)
+            if self.reference is not None:
+                with torch.no_grad():
+                    micro.ref_logp, _ = token_logprobs_and_entropy(
+                        self.reference, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
+                    )
+            last = k == len(micro_batches) - 1
+            # gradients are all-reduced once per step, on the last micro-batch
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                out = self._forward(micro)
+                loss, term_metrics = self.objective.loss(micro, out, totals, plan)
+                self.accelerator.backward(loss * scale)
+            loss_total += float(loss.detach())
+            for name, value in term_metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            # entropy diagnostics: token means over rollouts and over demonstrations
+            entropy = out.entropy.detach()
+            for label, mask_name in (("entropy/rollout", "all_rollouts"), ("entropy/demo", "all_demos")):
+                mask = masks[mask_name][index].to(device)[:, : entropy.shape[1]]
+                if totals[mask_name].num_tokens:
+                    sums[label] = sums.get(label, 0.0) + float((entropy * mask).sum()) / totals[mask_name].num_tokens
+        return sums, loss_total
+
+    @torch.no_grad()
+    def _batch_entropy_means(self, batch, micro_batches, names, masks, totals) -> dict[str, float]:
+        """Full-batch mean token entropy over the named masks (for batch-granularity weights)."""
+        sums = {name: 0.0 for name in names}
+        for index in micro_batches:
+            micro = batch.select(index).to(self.accelerator.device)
+            entropy = self._forward(micro).entropy
+            for name in names:
+                mask = masks[name][index].to(entropy.device)[:, : entropy.shape[1]]
+                sums[name] += float((entropy * mask).sum())
+        return {name: sums[name] / max(totals[name].num_tokens, 1.0) for name in names}
+
+    def _global_totals(self, mask: torch.Tensor) -> MaskTotals:
+        local = MaskTotals.of(mask)
+        if self.accelerator.num_processes == 1:
+            return local
+        both = torch.tensor([local.num_tokens, local.num_seqs], device=self.accelerator.device)
+        both = self.accelerator.reduce(both, reduction="sum")
+        return MaskTotals(float(both[0]), float(both[1]))
+
+    def _clip_gradients(self) -> float:
+        max_norm = self.config.train.max_grad_norm
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        return float(norm)
+
+    def _batch_metrics(self, batch: RolloutBatch, per_fn: dict[str, list[float]], demo_truncated: int) -> dict[str, float]:
+        rollout, demo = ~batch.is_demo, batch.is_demo
+        threshold = self.config.reward.correct_threshold
+        out: dict[str, float] = {}
+        if rollout.any():
+            r = batch.reward[rollout]
+            lengths = batch.completion_lengths[rollout].float()
+            out.update(
+                {
+                    "reward/mean": float(r.mean()),
+                    "reward/std": float(r.std()) if r.numel() > 1 else 0.0,
+                    "accuracy/rollout": float((r >= threshold).float().mean()),
+                    "length/response_mean": float(lengths.mean()),
+                    "length/response_max": float(lengths.max()),
+                    "length/truncated_frac": float(batch.truncated[rollout].float().mean()),
+                }
+            )
+            for name, scores in per_fn.items():
+                out[f"reward/{name}"] = float(torch.tensor(scores)[rollout].mean())
+            if batch.advantage is not None:
+                out["advantage/abs_mean"] = float(batch.advantage[rollout].abs().mean())
+        if demo.any():
+            r = batch.reward[demo]
+            out["reward/demo_mean"] = float(r.mean())
+            out["data/demo_reward_mismatch"] = int((r < threshold).sum())
+            out["data/demo_truncated"] = demo_truncated
+            out["length/demo_mean"] = float(batch.completion_lengths[demo].float().mean())
+        return out
+
+    # ------------------------------------------------------------------ evaluation and the run
+
+    def evaluate(self, on_batch: Callable[[int], None] | None = None) -> EvalResult:
+        cfg = self.config
+        return evaluate(
+            self.sampler,
+            self.eval_set.examples,
+            self.eval_set.prompt_ids,
+            self.reward_fns,
+            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            correct_threshold=cfg.reward.correct_threshold,
+            on_batch=on_batch,
+        )
+
+    def _run_eval(self, progress: StepProgress) -> None:
+        if not len(self.eval_set):
+            return
+        task = progress.start_eval(len(self.eval_set), self.step)
+        result = self.evaluate(on_batch=lambda k: progress.advance_eval(task, k))
+        progress.finish_eval(task, result)
+        self.evals[self.step] = result
+        self.metrics.log({"step": self.step, **result.metrics()}, kind="eval")
+        self.metrics.write_generations(self.step, result.records)
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.checkpoint_dir,
+            self.step,
+            model=self.policy,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainer_state={"step": self.step, "data_cursor": self.data_cursor, "objective": self.objective.state_dict()},
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    def train(self) -> TrainResult:
+        cfg = self.config.train
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
+        if cfg.report_to:
+            self.accelerator.init_trackers(self.output_dir.name)
+        with StepProgress(cfg.max_steps, self.step, self.config.method, cfg.log_every) as progress:
+            if self.step == 0 and self.config.eval.at_start:
+                self._run_eval(progress)
+            while self.step < cfg.max_steps:
+                self.step += 1
+                metrics = self.training_step(self.step)
+                self.metrics.log(metrics)
+                self.metrics.write_samples(self._last_samples)
+                progress.step_done(metrics)
+                if not all(math.isfinite(v) for k, v in metrics.items() if isinstance(v, float)):
+                    logger.warning("non-finite metric at step %d: %s", self.step, {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)})
+                if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < cfg.max_steps:
+                    self._run_eval(progress)
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+            if self.step not in self.evals:
+                self._run_eval(progress)
+        self.save()
+        final = self.output_dir / "final_model"
+        save_policy(self.policy, self.tokenizer, final)
+        if cfg.report_to:
+            self.accelerator.end_training()
+        return TrainResult(self.output_dir, self.step, dict(self.evals), final)
