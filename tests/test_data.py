@@ -422,7 +422,7 @@ def check_arithmetic_example(example: Example, min_steps: int, max_steps: int) -
         if op == "/":
             assert left % right == 0
         assert OPERATIONS[op](left, right) == result, line
-        assert 2 <= right <= 20 and 0 < result <= 500
+        assert 2 <= right <= (9 if op in "*/" else 20) and 0 < result <= 100
         assert previous is None or left == previous  # each step continues from the last result
         previous = result
     assert previous == int(example.answer)
@@ -438,7 +438,7 @@ def test_arithmetic_task_is_correct_and_seeded(tiny_tokenizer):
     again = arithmetic_task(300, seed=3)
     assert [ex.to_dict() for ex in again] == [ex.to_dict() for ex in examples]
     other = arithmetic_task(300, seed=4)
-    assert len({ex.prompt for ex in examples} & {ex.prompt for ex in other}) < 10
+    assert len({ex.prompt for ex in examples} & {ex.prompt for ex in other}) < 30  # of 300
     # Varied templates: many different closing questions and all four operations.
     questions = {ex.prompt.rsplit(". ", 1)[-1] for ex in examples}
     assert len(questions) >= 15

@@ -106,13 +106,19 @@ def test_math_reward_scores_equivalent_forms_and_wrong_answers():
         ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0),
         ("I cannot solve this problem.", "42", 0.0),
         ("", "42", 0.0),
-        # No stated answer: math-verify's default extraction takes the last number.
-        ("3 + 4 = 7 apples, plus 5 gives 12", "12", 1.0),
+        # No stated answer: strict by default, so a cut-off completion never scores by luck.
+        ("3 + 4 = 7 apples, plus 5 gives 12", "12", 0.0),
     ]
     completions, golds, expected = map(list, zip(*cases))
     assert math_answer_reward([None] * len(cases), completions, golds) == expected
     counts = reward_counters()
     assert counts == {"reward/calls": len(cases), "reward/errors": 0, "reward/timeouts": 0}
+
+
+def test_lenient_math_reward_falls_back_to_the_last_number():
+    # math-verify's default extraction takes the last number when no answer is stated
+    completions = ["3 + 4 = 7 apples, plus 5 gives 12", "3 + 4 = 7 apples, plus 5 gives 12", "\\boxed{3}"]
+    assert get_reward("math_lenient")([None] * 3, completions, ["12", "13", "3"]) == [1.0, 0.0, 1.0]
 
 
 def test_math_reward_scores_a_failing_check_zero_and_counts_it():
@@ -342,3 +348,14 @@ def test_reward_counters_snapshot_and_reset():
     assert reward_counters() == {"reward/calls": 1, "reward/errors": 0, "reward/timeouts": 0}
     reset_reward_counters()
     assert reward_counters()["reward/calls"] == 0
+
+
+def test_a_worker_that_cannot_start_is_an_error_not_a_zero_score():
+    from hybridrft.rewards import RewardWorkerStartError, TimeLimitedWorker
+
+    worker = TimeLimitedWorker(preload=("hybridrft_no_such_module",), startup_timeout=30)
+    try:
+        with pytest.raises(RewardWorkerStartError, match="exited with code"):
+            worker.call("time:sleep", 0, timeout=5)
+    finally:
+        worker.close()

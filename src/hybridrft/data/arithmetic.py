@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from hybridrft.data.example import Example
 
 MIN_OPERAND = 2
-MAX_OPERAND = 20
-MAX_VALUE = 500
+MAX_OPERAND = 20  # addends and subtrahends
+MAX_FACTOR = 9  # multipliers and divisors: one-digit, so a 135M model can get the arithmetic right
+MAX_VALUE = 100
 # Enough attempts that a large request from a big problem space never fails, while a request
 # larger than a tiny space (for instance one story, one step) stops with an error, not a hang.
 _ATTEMPTS_PER_EXAMPLE = 50
@@ -135,6 +136,10 @@ def _operands() -> range:
     return range(MIN_OPERAND, MAX_OPERAND + 1)
 
 
+def _factors() -> range:
+    return range(MIN_OPERAND, MAX_FACTOR + 1)
+
+
 def _next_step(rng: random.Random, story: _Story, value: int, last: bool) -> tuple[str, int] | None:
     """Pick an operation and operand that keep every value a positive integer <= MAX_VALUE."""
     options: dict[str, list[int]] = {
@@ -142,9 +147,9 @@ def _next_step(rng: random.Random, story: _Story, value: int, last: bool) -> tup
         "-": [n for n in _operands() if value - n >= 1],
     }
     if story.mul:
-        options["*"] = [n for n in _operands() if value * n <= MAX_VALUE]
+        options["*"] = [n for n in _factors() if value * n <= MAX_VALUE]
     if story.div and last:
-        options["/"] = [n for n in _operands() if value % n == 0]
+        options["/"] = [n for n in _factors() if value % n == 0]
     feasible = [op for op, operands in options.items() if operands]
     if not feasible:
         return None
@@ -173,7 +178,7 @@ def _make_problem(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
 
     lines: list[str] = []
     if story.start_multiplies:
-        a, b = rng.choice(_operands()), rng.choice(_operands())
+        a, b = rng.choice(_factors()), rng.choice(_factors())
         value = a * b
         sentences = [story.start.format(a=a, b=b, **words)]
         lines.append(f"{a} * {b} = {value}")
@@ -213,7 +218,8 @@ def arithmetic_task(
     """`num_examples` distinct word problems from `random.Random(seed)`.
 
     Each has `min_steps..max_steps` operations (a start such as "4 boxes with 6 pens in each"
-    counts as one multiplication), operands 2..20, and positive integer values up to 500. The
+    counts as one multiplication), addends 2..20, one-digit factors and divisors, and positive
+    integer values up to 100. The
     demonstration is one "a op b = c" line per operation and `The answer is \\boxed{c}.`. The list
     for a seed is a prefix of the list for the same seed and more examples.
     """

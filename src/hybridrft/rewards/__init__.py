@@ -22,6 +22,7 @@ _EXPORTS = {
     "has_boxed_format": "hybridrft.rewards.format_reward",
     "extract_answer": "hybridrft.rewards.math_reward",
     "math_answer_reward": "hybridrft.rewards.math_reward",
+    "lenient_math_answer_reward": "hybridrft.rewards.math_reward",
     "verify_answer": "hybridrft.rewards.math_reward",
     "REWARDS": "hybridrft.rewards.registry",
     "UnknownRewardError": "hybridrft.rewards.registry",
@@ -30,6 +31,7 @@ _EXPORTS = {
     "register_reward": "hybridrft.rewards.registry",
     "RewardTimeout": "hybridrft.rewards.timeout",
     "RewardWorkerError": "hybridrft.rewards.timeout",
+    "RewardWorkerStartError": "hybridrft.rewards.timeout",
     "TimeLimitedWorker": "hybridrft.rewards.timeout",
     "call_with_time_limit": "hybridrft.rewards.timeout",
     "shared_worker": "hybridrft.rewards.timeout",
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from hybridrft.rewards.base import RewardFn, completion_text
     from hybridrft.rewards.counters import RewardCounters, reset_reward_counters, reward_counters
     from hybridrft.rewards.format_reward import boxed_format_reward, has_boxed_format
-    from hybridrft.rewards.math_reward import extract_answer, math_answer_reward, verify_answer
+    from hybridrft.rewards.math_reward import extract_answer, lenient_math_answer_reward, math_answer_reward, verify_answer
     from hybridrft.rewards.registry import (
         REWARDS,
         UnknownRewardError,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from hybridrft.rewards.timeout import (
         RewardTimeout,
         RewardWorkerError,
+        RewardWorkerStartError,
         TimeLimitedWorker,
         call_with_time_limit,
         shared_worker,

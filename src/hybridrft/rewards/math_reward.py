@@ -14,7 +14,7 @@ from typing import Any
 from hybridrft.data.answers import gsm8k_final_answer, last_boxed
 from hybridrft.rewards.base import completion_text
 from hybridrft.rewards.counters import COUNTERS
-from hybridrft.rewards.timeout import RewardTimeout, call_with_time_limit
+from hybridrft.rewards.timeout import RewardTimeout, RewardWorkerStartError, call_with_time_limit
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +87,19 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _score_one(gold: str, text: str, timeout: float) -> float:
+def _score_one(gold: str, text: str, timeout: float, require_answer: bool) -> float:
     """1.0 or 0.0; a failure scores 0.0 and is counted, never raised."""
     COUNTERS.add(calls=1)
     try:
         extracted = extract_answer(text)
         if extracted is not None:
             correct = verify_answer(gold, extracted, timeout=timeout)
+        elif require_answer:
+            correct = False
         else:
             correct = _verify_whole_completion(gold, text, timeout=timeout)
+    except RewardWorkerStartError:
+        raise  # a broken environment, not a bad completion: scoring 0 would hide it
     except RewardTimeout:
         COUNTERS.add(timeouts=1)
         logger.warning(
@@ -124,11 +128,15 @@ def math_answer_reward(
     answer: list[str],
     *,
     verify_timeout: float = DEFAULT_TIMEOUT_S,
+    require_answer: bool = True,
     **columns: Any,
 ) -> list[float]:
     """1.0 for each completion whose final answer math-verifies against its gold ``answer``.
 
-    A completion with no recognisable final answer is checked on its last number or expression.
+    The final answer is the last ``\\boxed{}``, a ``#### x`` line, or an "The answer is X" phrase.
+    With ``require_answer=False`` (the registered ``math_lenient``) a completion that states none is
+    checked on its last number or expression instead, as TRL's accuracy reward does; the default is
+    strict so that a completion cut off mid-sentence never scores by the luck of its last number.
     A check that raises or runs past ``verify_timeout`` seconds scores 0.0 and is counted in
     :data:`hybridrft.rewards.counters.COUNTERS`; one bad completion never stops training.
     """
@@ -143,5 +151,10 @@ def math_answer_reward(
             logger.warning("math reward: empty gold answer; scored 0")
             scores.append(0.0)
             continue
-        scores.append(_score_one(gold_text, completion_text(completion), verify_timeout))
+        scores.append(_score_one(gold_text, completion_text(completion), verify_timeout, require_answer))
     return scores
+
+
+def lenient_math_answer_reward(prompts: list, completions: list, answer: list[str], **columns: Any) -> list[float]:
+    """``math_answer_reward`` that falls back to the last number or expression of the completion."""
+    return math_answer_reward(prompts, completions, answer, require_answer=False, **columns)

@@ -22,7 +22,8 @@ from hybridrft.rewards.counters import (
     reward_counters,
 )
 from hybridrft.rewards.format_reward import boxed_format_reward
-from hybridrft.rewards.math_reward import math_answer_reward
+from hybridrft.rewards.math_reward import lenient_math_answer_reward, math_answer_reward
+from hybridrft.rewards.timeout import RewardWorkerStartError
 
 __all__ = [
     "REWARDS",
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 REWARDS: dict[str, RewardFn] = {
     "math": math_answer_reward,
+    "math_lenient": lenient_math_answer_reward,
     "format": boxed_format_reward,
 }
 
@@ -173,6 +175,8 @@ def combine_rewards(
     for name, fn, weight in fns:
         try:
             raw = fn(prompts=prompts, completions=completions, answer=answers, **extra)
+        except RewardWorkerStartError:
+            raise  # the environment is broken: every score would be wrong
         except Exception as error:
             COUNTERS.add(errors=1)
             _report_failure(name, size, error)

@@ -46,6 +46,11 @@ class RewardWorkerError(RuntimeError):
     """The reward worker could not start, or died while running a task."""
 
 
+class RewardWorkerStartError(RewardWorkerError):
+    """The reward worker cannot start at all: the environment is broken (a missing or mismatched
+    package), so every reward would be wrong. Raised to the caller instead of scoring 0."""
+
+
 class RemoteTraceback(Exception):
     """Carries the worker-side traceback as the cause of an exception re-raised in the parent."""
 
@@ -193,9 +198,13 @@ class TimeLimitedWorker:
         except (EOFError, ConnectionError, OSError):
             message = None
         if message != "ready":
+            try:  # a child that crashed on import is exiting right now: report its code, not a timeout
+                process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
             exit_code = self._stop(kill=True)
             reason = "timed out" if exit_code is None else f"exited with code {exit_code}"
-            raise RewardWorkerError(
+            raise RewardWorkerStartError(
                 f"reward worker failed to start ({reason}; preload {self.preload}); "
                 "its error, if any, is on stderr above"
             )

@@ -232,8 +232,23 @@ class Trainer:
     # ------------------------------------------------------------------ the step
 
     def training_step(self, step: int) -> dict[str, Any]:
-        cfg, rollout_cfg = self.config.train, self.config.rollout
+        """One optimisation step; returns its metrics."""
         t_start = time.perf_counter()
+        counts_before = reward_counters()  # process-wide counters: the step logs its own share
+        plan, batch, metrics = self.collect(step)
+        t_train = time.perf_counter()
+        metrics.update(self.compute_gradients(batch, plan))
+        metrics.update(self.optimizer_step(step, plan))
+        step_s = time.perf_counter() - t_start
+        metrics["time/train"] = time.perf_counter() - t_train
+        metrics["time/step"] = step_s
+        metrics["throughput/tokens_per_s"] = metrics["tokens/trained"] / step_s
+        metrics.update({name: total - counts_before[name] for name, total in reward_counters().items()})
+        return metrics
+
+    def collect(self, step: int) -> tuple[StepPlan, RolloutBatch, dict[str, Any]]:
+        """Steps 1-5 of a step: prompts, plan, rollouts and demonstrations, rewards, advantages."""
+        cfg, rollout_cfg = self.config.train, self.config.rollout
         metrics: dict[str, Any] = {"step": step}
 
         # 1-2. prompts and the objective's plan for this step
@@ -289,66 +304,38 @@ class Trainer:
         )
         self.objective.prepare(batch, plan)
         metrics.update(self._batch_metrics(batch, per_fn, demo_truncated))
+        metrics.update(
+            {
+                "time/generate": generate_s,
+                "time/reward": reward_s,
+                "throughput/generated_tokens_per_s": generated_tokens / generate_s if generated_tokens else 0.0,
+                "tokens/trained": int(batch.attention_mask.sum()),
+                "tokens/generated": generated_tokens,
+            }
+        )
+        self._last_samples = [
+            {"step": step, "group": r[0], "reward": rewards[k], "text": r[2]} for k, r in enumerate(rows) if not r[3]
+        ][: cfg.log_samples]
+        return plan, batch, metrics
 
-        # 6-7. loss over length-sorted micro-batches, normalised by full-batch totals
-        t_train = time.perf_counter()
+    def compute_gradients(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
+        """Step 6: loss and backward over length-sorted micro-batches, normalised by full-batch totals.
+
+        Each micro-batch loss is divided by the whole batch's token/sequence counts, so the gradients
+        accumulated over micro-batches equal the gradient of the full-batch loss.
+        """
         masks = self.objective.masks(batch, plan)
         masks["all_rollouts"] = batch.loss_mask & ~batch.is_demo.unsqueeze(-1)
         masks["all_demos"] = batch.loss_mask & batch.is_demo.unsqueeze(-1)
         totals = BatchTotals({name: self._global_totals(mask) for name, mask in masks.items()})
-        micro_batches = length_sorted_micro_batches(batch.sequence_lengths, cfg.micro_batch_size)
+        micro_batches = length_sorted_micro_batches(batch.sequence_lengths, self.config.train.micro_batch_size)
         entropy_masks = self.objective.entropy_means_needed(plan)
         if entropy_masks:  # batch-granularity weights need the whole batch's entropy first
             totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, masks, totals)
-        step_metrics, loss_total = self._accumulate_gradients(batch, micro_batches, plan, totals, masks)
-        metrics.update(step_metrics)
-        metrics["loss"] = loss_total
 
-        # 8. pre-clip gradient norm, clip, optimizer and scheduler
-        grad_norm = self._clip_gradients()
-        metrics["grad_norm"] = grad_norm
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        metrics.update(self.objective.after_step(step, plan, grad_norm))
-        train_s = time.perf_counter() - t_train
-
-        step_s = time.perf_counter() - t_start
-        trained_tokens = int(batch.attention_mask.sum())
-        metrics.update(
-            {
-                "time/step": step_s,
-                "time/generate": generate_s,
-                "time/reward": reward_s,
-                "time/train": train_s,
-                "throughput/tokens_per_s": trained_tokens / step_s,
-                "throughput/generated_tokens_per_s": generated_tokens / generate_s if generated_tokens else 0.0,
-                "tokens/trained": trained_tokens,
-                "tokens/generated": generated_tokens,
-            }
-        )
-        metrics.update(reward_counters())
-        self._last_samples = [
-            {"step": step, "group": r[0], "is_demo": r[3], "reward": rewards[k], "text": r[2]}
-            for k, r in enumerate(rows)
-            if not r[3]
-        ][: cfg.log_samples]
-        return metrics
-
-    def _forward(self, micro: RolloutBatch) -> PolicyOutputs:
-        logp, entropy = token_logprobs_and_entropy(
-            self.model, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
-        )
-        return PolicyOutputs(logp=logp, entropy=entropy)
-
-    def _accumulate_gradients(self, batch, micro_batches, plan, totals, masks) -> tuple[dict[str, float], float]:
-        """Backward over every micro-batch; the summed micro-batch losses are the full-batch loss."""
         device = self.accelerator.device
-        # DDP averages gradients over processes; totals are global, so undo that average
-        scale = float(self.accelerator.num_processes)
-        sums: dict[str, float] = {}
-        loss_total = 0.0
+        scale = float(self.accelerator.num_processes)  # DDP averages gradients; our totals are global
+        sums: dict[str, float] = {"loss": 0.0}
         for k, index in enumerate(micro_batches):
             micro = batch.select(index).to(device)
             if self.reference is not None:
@@ -362,16 +349,32 @@ class Trainer:
                 out = self._forward(micro)
                 loss, term_metrics = self.objective.loss(micro, out, totals, plan)
                 self.accelerator.backward(loss * scale)
-            loss_total += float(loss.detach())
+            sums["loss"] += float(loss.detach())
             for name, value in term_metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             # entropy diagnostics: token means over rollouts and over demonstrations
             entropy = out.entropy.detach()
             for label, mask_name in (("entropy/rollout", "all_rollouts"), ("entropy/demo", "all_demos")):
-                mask = masks[mask_name][index].to(device)[:, : entropy.shape[1]]
                 if totals[mask_name].num_tokens:
+                    mask = masks[mask_name][index][:, : entropy.shape[1]].to(device)
                     sums[label] = sums.get(label, 0.0) + float((entropy * mask).sum()) / totals[mask_name].num_tokens
-        return sums, loss_total
+        return sums
+
+    def optimizer_step(self, step: int, plan: StepPlan) -> dict[str, float]:
+        """Steps 7-8: record the pre-clip gradient norm, clip, AdamW and LR schedule, tell the objective."""
+        grad_norm = self._clip_gradients()
+        metrics = {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics.update(self.objective.after_step(step, plan, grad_norm))
+        return metrics
+
+    def _forward(self, micro: RolloutBatch) -> PolicyOutputs:
+        logp, entropy = token_logprobs_and_entropy(
+            self.model, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
+        )
+        return PolicyOutputs(logp=logp, entropy=entropy)
 
     @torch.no_grad()
     def _batch_entropy_means(self, batch, micro_batches, names, masks, totals) -> dict[str, float]:
@@ -467,8 +470,10 @@ class Trainer:
             keep=self.config.train.keep_checkpoints,
         )
 
-    def train(self) -> TrainResult:
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Run to ``train.max_steps`` (or stop early after step ``stop_at``, checkpointed, resumable)."""
         cfg = self.config.train
+        last_step = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
         if cfg.report_to:
@@ -476,7 +481,7 @@ class Trainer:
         with StepProgress(cfg.max_steps, self.step, self.config.method, cfg.log_every) as progress:
             if self.step == 0 and self.config.eval.at_start:
                 self._run_eval(progress)
-            while self.step < cfg.max_steps:
+            while self.step < last_step:
                 self.step += 1
                 metrics = self.training_step(self.step)
                 self.metrics.log(metrics)
@@ -484,15 +489,17 @@ class Trainer:
                 progress.step_done(metrics)
                 if not all(math.isfinite(v) for k, v in metrics.items() if isinstance(v, float)):
                     logger.warning("non-finite metric at step %d: %s", self.step, {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)})
-                if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < cfg.max_steps:
+                if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < last_step:
                     self._run_eval(progress)
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last_step:
                     self.save()
-            if self.step not in self.evals:
+            if self.step == cfg.max_steps and self.step not in self.evals:
                 self._run_eval(progress)
         self.save()
-        final = self.output_dir / "final_model"
-        save_policy(self.policy, self.tokenizer, final)
+        final = None
+        if self.step == cfg.max_steps:
+            final = self.output_dir / "final_model"
+            save_policy(self.policy, self.tokenizer, final)
         if cfg.report_to:
             self.accelerator.end_training()
         return TrainResult(self.output_dir, self.step, dict(self.evals), final)
