@@ -46,6 +46,13 @@ def test_unknown_key_in_recipe_names_the_file(tmp_path):
         load_config(recipe)
 
 
+def test_duplicate_key_in_recipe_is_an_error(tmp_path):
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text("method: srft\ntrain:\n  max_steps: 3\nmethod: grpo\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: key 'method' appears twice \(line 4\)"):
+        load_config(recipe)
+
+
 def test_reward_weights_must_match_functions():
     with pytest.raises(ConfigError, match="reward.weights"):
         load_config(overrides=["reward.functions=[math,format]"])

@@ -11,7 +11,7 @@ import torch
 from hybridrft.config import load_config
 from hybridrft.train import Trainer, latest_checkpoint, list_checkpoints, read_metrics
 
-METHODS = ["sft", "grpo", "srft", "sasr"]
+METHODS = ["sft", "grpo", "srft", "sasr", "two_stage", "static_mix", "luffy", "chord", "hpt"]
 
 
 def brevity(prompts, completions, answer, **columns):
@@ -32,6 +32,8 @@ def tiny_config(model_dir, output_dir, *overrides):
             "grpo.num_generations=3",
             "srft.num_generations=3",
             "sasr.warmup_steps=1",
+            "two_stage.sft_steps=1",
+            "luffy.num_generations=3",
             "train.prompts_per_step=2",
             "train.micro_batch_size=3",
             "train.max_steps=2",
@@ -74,6 +76,11 @@ def test_two_steps_with_each_objective(method, tiny_model_dir, tmp_path):
         "grpo": ["loss/policy", "reward/mean", "accuracy/rollout", "length/response_mean", "entropy/rollout"],
         "srft": ["loss/sft_demo", "loss/rl_demo", "loss/rl_self", "srft/w_sft", "entropy/rollout", "entropy/demo"],
         "sasr": ["sasr/p_t", "sasr/choice_sft", "sasr/g_sft", "sasr/g_warmup"],
+        "two_stage": ["two_stage/phase_rl", "two_stage/switch_step", "loss/policy"],
+        "static_mix": ["loss/policy", "loss/sft", "static_mix/mu"],
+        "luffy": ["loss/on_policy", "loss/off_policy", "entropy/rollout", "entropy/demo"],
+        "chord": ["chord/mu", "loss/policy", "loss/sft"],
+        "hpt": ["hpt/sft_prompt_share", "loss/sft", "loss/policy"],
     }[method]
     for key in expected_terms:
         assert key in records[-1], f"{key} missing from the metrics of {method}"

@@ -109,13 +109,14 @@ def quickstart(
     table = Table(title=f"held-out accuracy, {before.num_examples} arithmetic word problems (greedy)")
     for column in ("", f"before (step {steps[0]})", f"after (step {steps[-1]})", "change"):
         table.add_column(column, justify="right")
-    for label, a, b, fmt in (
-        ("accuracy", before.accuracy, after.accuracy, "{:.1%}"),
-        ("mean reward", before.mean_reward, after.mean_reward, "{:.3f}"),
-        ("response tokens", before.mean_length, after.mean_length, "{:.1f}"),
-        ("truncated", before.truncated, after.truncated, "{:.1%}"),
+    for label, a, b, fmt, change_fmt in (
+        ("accuracy", before.accuracy, after.accuracy, "{:.1%}", "{:+.1f} pts"),
+        ("mean reward", before.mean_reward, after.mean_reward, "{:.3f}", "{:+.3f}"),
+        ("response tokens", before.mean_length, after.mean_length, "{:.1f}", "{:+.1f}"),
+        ("truncated", before.truncated, after.truncated, "{:.1%}", "{:+.1f} pts"),
     ):
-        table.add_row(label, fmt.format(a), fmt.format(b), ("+" if b >= a else "") + fmt.format(b - a))
+        change = (b - a) * 100 if "pts" in change_fmt else b - a
+        table.add_row(label, fmt.format(a), fmt.format(b), change_fmt.format(change))
     console.print(table)
     console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
 

@@ -23,6 +23,20 @@ class ConfigError(ValueError):
     """A recipe or override a user wrote is invalid; the message says which key and why."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML
+    keeps the last value silently, which hides a pasted-over setting in a recipe."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' appears twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _valid_keys(cls: type, prefix: str = "") -> dict[str, bool]:
     """Every dotted key of a dataclass tree -> whether it is a free-form mapping (any subkey allowed)."""
     keys: dict[str, bool] = {}
@@ -85,7 +99,12 @@ def load_config(
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        try:
+            tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(tree).__name__}")
         layers.append((str(path), tree))

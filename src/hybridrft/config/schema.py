@@ -171,6 +171,74 @@ class SASRConfig:
 
 
 @dataclass
+class TwoStageConfig:
+    """SFT then GRPO: ``sft_steps`` SFT steps (``sft`` section), then GRPO (``grpo`` section)."""
+
+    sft_steps: int = 100
+
+    def __post_init__(self):
+        if self.sft_steps < 0:
+            raise ValueError(f"two_stage.sft_steps must be >= 0, got {self.sft_steps}")
+
+
+@dataclass
+class StaticMixConfig:
+    """GRPO plus a fixed-weight SFT loss on demonstrations: L = L_GRPO + mu * L_SFT."""
+
+    mu: float = 0.1
+    demos_per_prompt: int = 1
+
+
+@dataclass
+class LUFFYConfig:
+    """LUFFY (Yan et al. 2025, arXiv 2504.14945): off-policy demonstrations inside the GRPO group."""
+
+    num_generations: int = 8  # group size: num_generations - demos_per_group rollouts + the demonstrations
+    demos_per_group: int = 1
+    policy_shaping_gamma: float = 0.1  # f(p) = p / (p + gamma) on demonstration tokens
+    advantage_stats: str = "rollouts"  # rollouts | group: which members define the group mean and std
+    advantage_scale: str = "group"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+
+    def __post_init__(self):
+        _check_choice("luffy", "advantage_stats", self.advantage_stats, ("rollouts", "group"))
+        _check_choice("luffy", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
+        if not 1 <= self.demos_per_group < self.num_generations:
+            raise ValueError(
+                f"luffy.demos_per_group must be in [1, num_generations), got {self.demos_per_group} "
+                f"with num_generations={self.num_generations}"
+            )
+
+
+@dataclass
+class CHORDConfig:
+    """CHORD (Zhang et al. 2025, arXiv 2508.11408): L = (1 - mu_t) L_GRPO + mu_t L_SFT with a
+    scheduled mu_t, optionally token weights p(1-p) on the SFT term. GRPO settings: ``grpo``."""
+
+    mu_peak: float = 0.5
+    mu_valley: float = 0.02
+    mu_warmup_steps: int = 0  # linear rise from valley to peak
+    mu_decay_steps: int = 200  # cosine decay from peak to valley, then constant
+    token_weighting: bool = False  # CHORD-phi: weight SFT tokens by sg(p (1 - p))
+    demos_per_prompt: int = 1
+
+    def __post_init__(self):
+        for name in ("mu_peak", "mu_valley"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"chord.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class HPTConfig:
+    """HPT (Lv et al. 2025, arXiv 2509.04419): per prompt, SFT on the demonstration when at most
+    ``switch_gate`` rollouts are correct, else GRPO on the rollouts. GRPO settings: ``grpo``."""
+
+    switch_gate: int = 0
+    demos_per_prompt: int = 1
+
+
+@dataclass
 class EvalConfig:
     """Held-out accuracy: greedy decoding, scored with the run's reward functions."""
 
@@ -215,7 +283,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    method: str = "srft"  # a registered objective: sft | grpo | srft | sasr
+    method: str = "srft"  # a registered objective: sft | grpo | srft | sasr | two_stage | static_mix | luffy | chord | hpt
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -225,6 +293,11 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     srft: SRFTConfig = field(default_factory=SRFTConfig)
     sasr: SASRConfig = field(default_factory=SASRConfig)
+    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
+    static_mix: StaticMixConfig = field(default_factory=StaticMixConfig)
+    luffy: LUFFYConfig = field(default_factory=LUFFYConfig)
+    chord: CHORDConfig = field(default_factory=CHORDConfig)
+    hpt: HPTConfig = field(default_factory=HPTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

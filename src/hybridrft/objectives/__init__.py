@@ -1,6 +1,6 @@
 """Training methods, one per file, registered by name (``method:`` in a recipe)."""
 
-from hybridrft.objectives import grpo, sasr, sft, srft  # noqa: F401  (registers the objectives)
+from hybridrft.objectives import chord, grpo, hpt, luffy, sasr, sft, srft, static_mix, two_stage  # noqa: F401  (registers them)
 from hybridrft.objectives.base import (
     MIXED,
     OBJECTIVES,

@@ -5,7 +5,7 @@ A step, seen from an objective:
 1. ``plan(step)`` says what the step needs: rollouts per prompt, demonstrations per prompt, and the
    kind of update (SASR decides SFT or RL here).
 2. The trainer samples, scores and builds a ``RolloutBatch``; ``prepare(batch, plan)`` sets the
-   advantages.
+   advantages (and returns any step-level metrics of its decisions).
 3. ``masks(batch, plan)`` names the token sets its loss terms aggregate over. The trainer measures
    each over the whole batch (``BatchTotals``) so a micro-batch's loss is already normalised by the
    full batch: summing micro-batch losses gives the full-batch loss exactly.
@@ -70,8 +70,11 @@ class Objective(ABC):
     @abstractmethod
     def plan(self, step: int) -> StepPlan: ...
 
-    def prepare(self, batch: RolloutBatch, plan: StepPlan) -> None:
-        """Compute advantages (and anything else derived from rewards) on the full batch."""
+    def prepare(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
+        """Compute advantages (and anything else derived from rewards) on the full batch.
+
+        Returns step-level metrics of what was decided here (HPT's share of SFT prompts, say)."""
+        return {}
 
     @abstractmethod
     def masks(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, torch.Tensor]: ...

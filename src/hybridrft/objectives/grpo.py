@@ -42,29 +42,44 @@ def grpo_advantages(batch: RolloutBatch, cfg: GRPOConfig) -> torch.Tensor:
     return group_advantages(batch.reward, batch.group, in_stats=~batch.is_demo, scale=cfg.advantage_scale)
 
 
-def grpo_loss(
-    objective: Objective, cfg: GRPOConfig, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The GRPO loss of a micro-batch of rollouts; shared by every method with a GRPO step."""
-    mask = rollout_mask(batch)
+def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token GRPO clipped surrogate ``[B, T]`` and the clipped-branch flags, for any rows."""
     old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
-    per_token, clipped = clipped_surrogate(
+    return clipped_surrogate(
         out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
     )
-    policy = objective.agg(per_token, mask, totals[ROLLOUT])
+
+
+def grpo_loss(
+    objective: Objective,
+    cfg: GRPOConfig,
+    batch: RolloutBatch,
+    out: PolicyOutputs,
+    totals: BatchTotals,
+    mask: torch.Tensor | None = None,
+    mask_name: str = ROLLOUT,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GRPO loss of a micro-batch of rollouts; shared by every method with a GRPO step.
+
+    ``mask`` (default: every rollout token) and its full-batch ``totals[mask_name]`` select the
+    tokens, so a method can apply GRPO to some prompts only.
+    """
+    mask = rollout_mask(batch) if mask is None else mask
+    per_token, clipped = clipped_policy_terms(cfg, batch, out)
+    policy = objective.agg(per_token, mask, totals[mask_name])
     loss = policy
     metrics = {
         "loss/policy": policy.detach(),
-        "grpo/clip_fraction": masked_token_mean(clipped.float(), mask, totals[ROLLOUT]),
+        "grpo/clip_fraction": masked_token_mean(clipped.float(), mask, totals[mask_name]),
     }
     if cfg.beta > 0:
         if batch.ref_logp is None:
             raise ValueError("grpo.beta > 0 needs reference log-probs (the trainer loads a reference model)")
-        kl = objective.agg(k3_kl(out.logp, batch.ref_logp), mask, totals[ROLLOUT])
+        kl = objective.agg(k3_kl(out.logp, batch.ref_logp), mask, totals[mask_name])
         loss = loss + cfg.beta * kl
         metrics["loss/kl"] = kl.detach()
     if cfg.entropy_coef:
-        bonus = -cfg.entropy_coef * objective.agg(out.entropy, mask, totals[ROLLOUT])
+        bonus = -cfg.entropy_coef * objective.agg(out.entropy, mask, totals[mask_name])
         loss = loss + bonus
         metrics["loss/entropy_bonus"] = bonus.detach()
     return loss, metrics
@@ -85,6 +100,7 @@ class GRPOObjective(Objective):
 
     def prepare(self, batch, plan):
         batch.advantage = grpo_advantages(batch, self.cfg)
+        return {}
 
     def masks(self, batch, plan):
         return {ROLLOUT: rollout_mask(batch)}

@@ -96,6 +96,7 @@ class SASRObjective(Objective):
     def prepare(self, batch, plan):
         if plan.kind == RL:
             batch.advantage = grpo_advantages(batch, self.config.grpo)
+        return {}
 
     def masks(self, batch, plan):
         return {DEMO: demo_mask(batch)} if plan.kind == SFT else {ROLLOUT: rollout_mask(batch)}

@@ -27,10 +27,18 @@ def demo_mask(batch: RolloutBatch) -> torch.Tensor:
 
 
 def sft_loss(
-    objective: Objective, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals
+    objective: Objective,
+    batch: RolloutBatch,
+    out: PolicyOutputs,
+    totals: BatchTotals,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Negative log-likelihood of the demonstration tokens; shared by every method with an SFT step."""
-    loss = objective.agg(-out.logp, demo_mask(batch), totals[DEMO])
+    """Negative log-likelihood of the demonstration tokens; shared by every method with an SFT step.
+
+    ``token_weights`` (detached, ``[B, T]``) reweight the tokens, as CHORD-phi does.
+    """
+    nll = -out.logp if token_weights is None else token_weights * -out.logp
+    loss = objective.agg(nll, demo_mask(batch), totals[DEMO])
     return loss, {"loss/sft": loss.detach()}
 
 

@@ -76,6 +76,7 @@ class SRFTObjective(Objective):
             self._rule = "advantage"
         else:
             self._rule = resolve_positive_rule(self.cfg.positive_rule, batch.reward[~batch.is_demo], self.correct_threshold)
+        return {"srft/positives_by_advantage": float(self._rule == "advantage")}
 
     def masks(self, batch, plan):
         positive = positive_rollouts(batch, self._rule, self.correct_threshold)

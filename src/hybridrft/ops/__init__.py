@@ -17,7 +17,8 @@ from hybridrft.ops.logprobs import (
     logprobs_and_entropy_from_logits,
     token_logprobs_and_entropy,
 )
-from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability
+from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability, uncertainty_weights
+from hybridrft.ops.schedules import warmup_cosine
 
 __all__ = [
     "ADVANTAGE_SCALES",
@@ -35,4 +36,6 @@ __all__ = [
     "masked_sequence_mean",
     "shaped_probability",
     "token_logprobs_and_entropy",
+    "uncertainty_weights",
+    "warmup_cosine",
 ]

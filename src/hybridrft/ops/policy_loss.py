@@ -44,3 +44,10 @@ def shaped_probability(logp: torch.Tensor, gamma: float | None) -> torch.Tensor:
     if gamma is None:
         return p
     return p / (p + gamma)
+
+
+def uncertainty_weights(logp: torch.Tensor) -> torch.Tensor:
+    """CHORD-phi's token weight ``sg(p (1 - p))``: largest for tokens the policy is unsure of (p = 0.5),
+    near 0 for tokens it already predicts (p -> 1) and for ones it finds implausible (p -> 0)."""
+    p = torch.exp(logp.detach())
+    return p * (1.0 - p)

@@ -24,6 +24,8 @@ PANELS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("loss/rl_self_pos", "RL self (+)"),
             ("loss/rl_self_neg", "RL self (-)"),
             ("loss/rl_self", "RL self"),
+            ("loss/on_policy", "on-policy (LUFFY)"),
+            ("loss/off_policy", "off-policy (LUFFY)"),
         ],
     ),
     "reward": (
@@ -40,8 +42,16 @@ PANELS: dict[str, tuple[str, list[tuple[str, str]]]] = {
         [("entropy/rollout", "rollouts"), ("entropy/demo", "demonstrations")],
     ),
     "weights": (
-        "Adaptive weights and switch probability",
-        [("srft/w_sft", "SRFT w_SFT"), ("srft/w_rl", "SRFT w_RL"), ("sasr/p_t", "SASR p_t"), ("sasr/choice_sft", "SASR chose SFT")],
+        "Method weights and switches",
+        [
+            ("srft/w_sft", "SRFT w_SFT"),
+            ("srft/w_rl", "SRFT w_RL"),
+            ("sasr/p_t", "SASR p_t"),
+            ("sasr/choice_sft", "SASR chose SFT"),
+            ("two_stage/phase_rl", "two-stage: RL phase"),
+            ("chord/mu", "CHORD mu"),
+            ("hpt/sft_prompt_share", "HPT share of SFT prompts"),
+        ],
     ),
 }
 

@@ -302,7 +302,7 @@ class Trainer:
             truncated=[r[4] for r in rows],
             pad_id=self.tokenizer.pad_token_id,
         )
-        self.objective.prepare(batch, plan)
+        metrics.update(self.objective.prepare(batch, plan))
         metrics.update(self._batch_metrics(batch, per_fn, demo_truncated))
         metrics.update(
             {
