@@ -15,14 +15,13 @@ With ``token_weighting`` (CHORD-phi) each demonstration token's loss is weighted
 
 from __future__ import annotations
 
-from hybridrft.objectives.base import MIXED, Objective, StepPlan, register_objective
-from hybridrft.objectives.grpo import ROLLOUT, grpo_advantages, grpo_loss, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask, sft_loss
+from hybridrft.objectives.base import MIXED, StepPlan, register_objective
+from hybridrft.objectives.composite import GRPOWithSFT
 from hybridrft.ops import uncertainty_weights, warmup_cosine
 
 
 @register_objective
-class CHORDObjective(Objective):
+class CHORDObjective(GRPOWithSFT):
     name = "chord"
 
     def __init__(self, config):
@@ -40,20 +39,8 @@ class CHORDObjective(Objective):
             MIXED, self.config.grpo.num_generations, self.cfg.demos_per_prompt, {"chord/mu": self.mu(step)}
         )
 
-    def prepare(self, batch, plan):
-        batch.advantage = grpo_advantages(batch, self.config.grpo)
-        return {}
-
-    def masks(self, batch, plan):
-        return {ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.config.grpo.beta > 0
-
     def loss(self, batch, out, totals, plan):
         mu = plan.info["chord/mu"]
-        rl, metrics = grpo_loss(self, self.config.grpo, batch, out, totals)
         weights = uncertainty_weights(out.logp) if self.cfg.token_weighting else None
-        sft, sft_metrics = sft_loss(self, batch, out, totals, token_weights=weights)
-        return (1.0 - mu) * rl + mu * sft, {**metrics, **sft_metrics}
+        rl, sft, metrics = self.terms(batch, out, totals, sft_token_weights=weights)
+        return (1.0 - mu) * rl + mu * sft, metrics

@@ -29,9 +29,8 @@ from typing import Callable
 import torch
 
 from hybridrft.config import SASRConfig
-from hybridrft.objectives.base import RL, SFT, Objective, StepPlan, register_objective
-from hybridrft.objectives.grpo import ROLLOUT, grpo_advantages, grpo_loss, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask, sft_loss
+from hybridrft.objectives.base import RL, SFT, StepPlan, register_objective
+from hybridrft.objectives.composite import SFTOrGRPOSteps
 
 
 @dataclass
@@ -66,7 +65,7 @@ def grad_norm_rule(state: SASRState, cfg: SASRConfig) -> float:
 
 
 @register_objective
-class SASRObjective(Objective):
+class SASRObjective(SFTOrGRPOSteps):
     name = "sasr"
 
     def __init__(self, config):
@@ -92,23 +91,6 @@ class SASRObjective(Objective):
         if kind == SFT:
             return StepPlan(SFT, 0, self.config.sft.demos_per_prompt, info)
         return StepPlan(RL, self.config.grpo.num_generations, 0, info)
-
-    def prepare(self, batch, plan):
-        if plan.kind == RL:
-            batch.advantage = grpo_advantages(batch, self.config.grpo)
-        return {}
-
-    def masks(self, batch, plan):
-        return {DEMO: demo_mask(batch)} if plan.kind == SFT else {ROLLOUT: rollout_mask(batch)}
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.config.grpo.beta > 0
-
-    def loss(self, batch, out, totals, plan):
-        if plan.kind == SFT:
-            return sft_loss(self, batch, out, totals)
-        return grpo_loss(self, self.config.grpo, batch, out, totals)
 
     def after_step(self, step: int, plan: StepPlan, grad_norm: float) -> dict[str, float]:
         if plan.kind == SFT:

@@ -9,13 +9,12 @@ is the scheduled variant.
 
 from __future__ import annotations
 
-from hybridrft.objectives.base import MIXED, Objective, StepPlan, register_objective
-from hybridrft.objectives.grpo import ROLLOUT, grpo_advantages, grpo_loss, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask, sft_loss
+from hybridrft.objectives.base import MIXED, StepPlan, register_objective
+from hybridrft.objectives.composite import GRPOWithSFT
 
 
 @register_objective
-class StaticMixObjective(Objective):
+class StaticMixObjective(GRPOWithSFT):
     name = "static_mix"
 
     def __init__(self, config):
@@ -27,18 +26,6 @@ class StaticMixObjective(Objective):
             MIXED, self.config.grpo.num_generations, self.config.static_mix.demos_per_prompt, {"static_mix/mu": self.mu}
         )
 
-    def prepare(self, batch, plan):
-        batch.advantage = grpo_advantages(batch, self.config.grpo)
-        return {}
-
-    def masks(self, batch, plan):
-        return {ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.config.grpo.beta > 0
-
     def loss(self, batch, out, totals, plan):
-        rl, metrics = grpo_loss(self, self.config.grpo, batch, out, totals)
-        sft, sft_metrics = sft_loss(self, batch, out, totals)
-        return rl + self.mu * sft, {**metrics, **sft_metrics}
+        rl, sft, metrics = self.terms(batch, out, totals)
+        return rl + self.mu * sft, metrics

@@ -9,13 +9,12 @@ Logged every step: ``two_stage/phase_rl`` (0 during SFT, 1 during GRPO) and
 
 from __future__ import annotations
 
-from hybridrft.objectives.base import RL, SFT, Objective, StepPlan, register_objective
-from hybridrft.objectives.grpo import ROLLOUT, grpo_advantages, grpo_loss, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask, sft_loss
+from hybridrft.objectives.base import RL, SFT, StepPlan, register_objective
+from hybridrft.objectives.composite import SFTOrGRPOSteps
 
 
 @register_objective
-class TwoStageObjective(Objective):
+class TwoStageObjective(SFTOrGRPOSteps):
     name = "two_stage"
 
     def __init__(self, config):
@@ -27,20 +26,3 @@ class TwoStageObjective(Objective):
         if step <= self.switch_step:
             return StepPlan(SFT, 0, self.config.sft.demos_per_prompt, {**info, "two_stage/phase_rl": 0.0})
         return StepPlan(RL, self.config.grpo.num_generations, 0, {**info, "two_stage/phase_rl": 1.0})
-
-    def prepare(self, batch, plan):
-        if plan.kind == RL:
-            batch.advantage = grpo_advantages(batch, self.config.grpo)
-        return {}
-
-    def masks(self, batch, plan):
-        return {DEMO: demo_mask(batch)} if plan.kind == SFT else {ROLLOUT: rollout_mask(batch)}
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.config.grpo.beta > 0
-
-    def loss(self, batch, out, totals, plan):
-        if plan.kind == SFT:
-            return sft_loss(self, batch, out, totals)
-        return grpo_loss(self, self.config.grpo, batch, out, totals)
