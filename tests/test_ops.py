@@ -99,6 +99,16 @@ def test_group_advantages_statistics_subset():
     torch.testing.assert_close(adv, expected, atol=1e-4, rtol=0)
 
 
+def test_group_advantages_with_no_spread_in_the_statistics():
+    # every rollout failed, the demonstration (outside the statistics) succeeded: std 0 -> divide by 1
+    rewards = torch.tensor([0.0, 0.0, 1.0])
+    adv = group_advantages(rewards, torch.zeros(3, dtype=torch.long), in_stats=torch.tensor([True, True, False]))
+    torch.testing.assert_close(adv, torch.tensor([0.0, 0.0, 1.0]), atol=1e-5, rtol=0)
+    # a single member in the statistics: its own advantage is 0, the others' r - r_member
+    adv = group_advantages(torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.long), in_stats=torch.tensor([False, True]))
+    torch.testing.assert_close(adv, torch.tensor([1.0, 0.0]), atol=1e-5, rtol=0)
+
+
 def test_group_advantages_rejects_unknown_scale():
     with pytest.raises(ValueError, match="advantage scale"):
         group_advantages(torch.ones(2), torch.zeros(2, dtype=torch.long), scale="global")

@@ -26,8 +26,10 @@ def group_advantages(
         scale: ``group`` divides by the group's std, ``batch`` by the std of all rewards that enter
             the statistics, ``none`` does not divide (Dr. GRPO).
 
-    The std is the unbiased sample std (as in the GRPO reference implementations); a group whose
-    members all have the same reward gets advantage 0.
+    The std is the unbiased sample std (as in the GRPO reference implementations). Statistics with
+    no spread (equal rewards, or a single member) divide by 1 instead of ``0 + eps``, as LUFFY's
+    released code does: the members inside them get advantage 0 either way, and a member outside
+    them (a demonstration that solved a prompt no rollout solved) gets ``r - mean``, not ``1e6``.
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
@@ -40,14 +42,16 @@ def group_advantages(
         stats = rewards[members & in_stats]
         if stats.numel() == 0:
             continue
-        mean = stats.mean()
-        centred = rewards[members] - mean
+        centred = rewards[members] - stats.mean()
         if scale == "group":
-            std = stats.std() if stats.numel() > 1 else stats.new_tensor(0.0)
-            centred = centred / (std + eps)
+            centred = centred / (_spread(stats) + eps)
         advantages[members] = centred
     if scale == "batch":
-        stats = rewards[in_stats]
-        std = stats.std() if stats.numel() > 1 else stats.new_tensor(0.0)
-        advantages = advantages / (std + eps)
+        advantages = advantages / (_spread(rewards[in_stats]) + eps)
     return advantages
+
+
+def _spread(stats: torch.Tensor) -> torch.Tensor:
+    """Unbiased std, or 1 where it is 0 or undefined (see ``group_advantages``)."""
+    std = stats.std() if stats.numel() > 1 else stats.new_tensor(0.0)
+    return torch.where(std > 0, std, torch.ones_like(std))
