@@ -39,8 +39,8 @@ def test_train_writes_a_run_folder_with_plots(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["train", str(tiny_recipe(tmp_path, tiny_model_dir)), "train.max_steps=2"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "final_model/model.safetensors", "plots/loss.png", "plots/reward.png",
-                 "plots/entropy.png", "plots/weights.png"):
+    for name in ("config.yaml", "metrics.jsonl", "final_model/model.safetensors", "report.html", "plots/loss.png",
+                 "plots/reward.png", "plots/entropy.png", "plots/weights.png"):
         assert (run / name).is_file(), name
     # resume from the finished run's checkpoint with more steps
     result = runner.invoke(app, ["train", str(tiny_recipe(tmp_path, tiny_model_dir)), "train.max_steps=3", "--resume"])
@@ -77,9 +77,9 @@ def test_eval_command_writes_results(tmp_path, tiny_model_dir):
     out = tmp_path / "eval"
     result = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "results.json").read_text())
-    assert summary["num_examples"] == 3 and 0.0 <= summary["eval/accuracy"] <= 1.0
-    assert len((out / "generations.jsonl").read_text().splitlines()) == 3
+    summary = json.loads((out / "results.json").read_text())["benchmarks"]["custom"]
+    assert summary["problems"] == 3 and 0.0 <= summary["metrics"]["pass@1"] <= 1.0
+    assert len((out / "generations" / "custom.jsonl").read_text().splitlines()) == 3
 
 
 @pytest.mark.slow

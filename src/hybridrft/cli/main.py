@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
+
+from hybridrft.cli.common import fail, setup_logging
+from hybridrft.cli.eval_cmd import evaluate_command
+from hybridrft.cli.report_cmd import analyze_app, report_command
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Post-train language models to reason with SFT + RL in one run (SRFT, SASR and baselines).",
+    help="Post-train language models to reason with SFT + RL in one run (SRFT, SASR and baselines): "
+    "train, evaluate, report.",
 )
 console = Console()
 
 QUICKSTART_RECIPE = Path(__file__).resolve().parents[1] / "config" / "recipes" / "quickstart.yaml"
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
-    )
-    logging.getLogger("hybridrft").setLevel(logging.INFO)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _load(recipe: Optional[Path], overrides: List[str]):
@@ -47,7 +30,7 @@ def _load(recipe: Optional[Path], overrides: List[str]):
     try:
         return load_config(recipe, overrides)
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _run_training(config) -> "TrainResult":  # noqa: F821
@@ -57,17 +40,12 @@ def _run_training(config) -> "TrainResult":  # noqa: F821
     try:
         trainer = Trainer(config)
     except (FileNotFoundError, FileExistsError, ModelNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     result = trainer.train()
-    _write_plots(result.output_dir)
+    from hybridrft.report import write_report
+
+    console.print(f"report: {write_report([result.output_dir])} (plots in {result.output_dir / 'plots'})")
     return result
-
-
-def _write_plots(run_dir: Path) -> None:
-    from hybridrft.report import plot_run
-
-    for path in plot_run(run_dir):
-        console.print(f"plot: {path}")
 
 
 @app.command()
@@ -77,9 +55,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in train.output_dir"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log more detail"),
 ):
-    """Train with a recipe. Writes config.yaml, metrics.jsonl, checkpoints, plots and the final model
-    into train.output_dir."""
-    _setup_logging(verbose)
+    """Train with a recipe. Writes config.yaml, metrics.jsonl, checkpoints, the final model, plots
+    and report.html into train.output_dir."""
+    setup_logging(verbose)
     config = _load(recipe, list(overrides or []) + (["train.resume=true"] if resume else []))
     result = _run_training(config)
     console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
@@ -94,7 +72,7 @@ def quickstart(
 
     Measures held-out accuracy, trains, measures again, and prints a before/after table
     (about 10-15 minutes on 2 CPU cores). Same as `hybridrft train recipes/quickstart.yaml`."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     config = _load(QUICKSTART_RECIPE, ["train.overwrite=true", *(overrides or [])])
     console.print(
         f"quickstart: method={config.method} model={config.model.name_or_path} steps={config.train.max_steps} "
@@ -121,69 +99,9 @@ def quickstart(
     console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
 
 
-@app.command(name="eval")
-def evaluate_model(
-    model: str = typer.Argument(..., help="hub id, local model folder, run checkpoint, or smollm2-135m-instruct"),
-    data: str = typer.Option(..., "--data", "-d", help="JSONL/Parquet file, datasets folder or hub id"),
-    format: str = typer.Option("auto", help="auto | gsm8k | math | fields"),
-    field: Optional[List[str]] = typer.Option(None, help="field mapping for --format fields, e.g. --field prompt=question"),
-    limit: Optional[int] = typer.Option(None, help="evaluate the first N problems"),
-    max_new_tokens: int = typer.Option(512, help="generation budget per problem"),
-    batch_size: int = typer.Option(32, help="problems per generate() call"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="folder for results.json and generations.jsonl"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-):
-    """Greedy held-out accuracy of a model on a problem set, scored with the math reward."""
-    _setup_logging(verbose)
-    from rich.progress import Progress
-
-    from hybridrft.config import DataConfig
-    from hybridrft.data import load_examples
-    from hybridrft.eval import evaluate
-    from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer
-    from hybridrft.rewards import get_reward
-    from hybridrft.rollout import HFSampler, encode_prompts
-
-    fields = dict(item.split("=", 1) for item in field or [])
-    defaults = DataConfig()
-    try:
-        examples = load_examples(data, format=format, fields=fields or None, limit=limit)
-        tokenizer = load_tokenizer(model)
-        policy = load_policy(model).eval()
-    except (FileNotFoundError, ModelNotFoundError, ValueError) as err:
-        _fail(str(err))
-    examples, prompt_ids = encode_prompts(
-        tokenizer,
-        examples,
-        system_prompt=defaults.system_prompt,
-        answer_instruction=defaults.answer_instruction,
-        max_prompt_tokens=defaults.max_prompt_tokens,
-        source=data,
-    )
-    with Progress(console=Console(stderr=True)) as progress:
-        task = progress.add_task("eval", total=len(examples))
-        result = evaluate(
-            HFSampler(policy, tokenizer, batch_size=batch_size),
-            examples,
-            prompt_ids,
-            [("math", get_reward("math"), 1.0)],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            on_batch=lambda k: progress.advance(task, k),
-        )
-    table = Table(title=f"{model} on {data}")
-    for column in ("problems", "accuracy", "mean response tokens", "truncated"):
-        table.add_column(column, justify="right")
-    table.add_row(str(result.num_examples), f"{result.accuracy:.1%}", f"{result.mean_length:.1f}", f"{result.truncated:.1%}")
-    console.print(table)
-    if output:
-        output.mkdir(parents=True, exist_ok=True)
-        summary = {"model": model, "data": data, **result.metrics("eval"), "num_examples": result.num_examples}
-        (output / "results.json").write_text(json.dumps(summary, indent=2))
-        with (output / "generations.jsonl").open("w") as f:
-            for record in result.records:
-                f.write(json.dumps(record) + "\n")
-        console.print(f"wrote {output / 'results.json'} and {output / 'generations.jsonl'}")
+app.command(name="eval")(evaluate_command)
+app.command(name="report")(report_command)
+app.add_typer(analyze_app, name="analyze")
 
 
 if __name__ == "__main__":

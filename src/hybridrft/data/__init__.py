@@ -1,6 +1,6 @@
 """The data layer: Example records, loaders, dataset adapters, chat rendering, a built-in task.
 
-It imports no other hybridrft layer, so every layer above can depend on it.
+It imports only the config layer, so every layer above can depend on it.
 """
 
 from hybridrft.data.adapters import (
@@ -20,9 +20,11 @@ from hybridrft.data.chat import (
 )
 from hybridrft.data.example import Example
 from hybridrft.data.loaders import load_examples, split_holdout
+from hybridrft.data.run_data import BUILTIN_ARITHMETIC, load_run_examples
 
 __all__ = [
     "ADAPTERS",
+    "BUILTIN_ARITHMETIC",
     "DEFAULT_ANSWER_INSTRUCTION",
     "DEFAULT_SYSTEM_PROMPT",
     "Example",
@@ -34,6 +36,7 @@ __all__ = [
     "gsm8k_final_answer",
     "last_boxed",
     "load_examples",
+    "load_run_examples",
     "math_example",
     "prompt_messages",
     "render_prompt",

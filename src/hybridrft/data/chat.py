@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hybridrft.config.schema import DEFAULT_ANSWER_INSTRUCTION  # one definition, in the lowest layer
 from hybridrft.data.example import Example
 
 DEFAULT_SYSTEM_PROMPT: str | None = None
-DEFAULT_ANSWER_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
 
 
 def _with_instruction(content: str, instruction: str | None) -> str:

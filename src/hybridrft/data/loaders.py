@@ -38,7 +38,7 @@ _REASONS_SHOWN = 3
 
 
 @dataclass
-class _RawRow:
+class RawRow:
     """One row as read, or the reason it could not be read (bad JSON, not an object)."""
 
     where: str  # "line 7" for JSON lines, "row 7" otherwise; both 1-based
@@ -60,7 +60,7 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def _json_rows(path: Path) -> Iterator[_RawRow]:
+def _json_rows(path: Path) -> Iterator[RawRow]:
     """Rows of a JSON array file or a JSON-lines file (whatever its suffix); blank lines skipped."""
     with path.open(encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
@@ -80,30 +80,30 @@ def _json_rows(path: Path) -> Iterator[_RawRow]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield _RawRow(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                yield RawRow(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
             yield _object_row(where, row)
 
 
-def _object_row(where: str, row: Any) -> _RawRow:
+def _object_row(where: str, row: Any) -> RawRow:
     if isinstance(row, dict):
-        return _RawRow(where, row)
-    return _RawRow(where, None, f"expected a JSON object, got {type(row).__name__}")
+        return RawRow(where, row)
+    return RawRow(where, None, f"expected a JSON object, got {type(row).__name__}")
 
 
-def _parquet_rows(path: Path) -> Iterator[_RawRow]:
+def _parquet_rows(path: Path) -> Iterator[RawRow]:
     import pyarrow.parquet as pq
 
     number = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             number += 1
-            yield _RawRow(f"row {number}", row)
+            yield RawRow(f"row {number}", row)
 
 
-def _dataset_rows(dataset: Any) -> Iterator[_RawRow]:
+def _dataset_rows(dataset: Any) -> Iterator[RawRow]:
     for number, row in enumerate(dataset, start=1):
-        yield _RawRow(f"row {number}", dict(row))
+        yield RawRow(f"row {number}", dict(row))
 
 
 def _pick_split(loaded: Any, split: str, source: str) -> Any:
@@ -117,7 +117,9 @@ def _pick_split(loaded: Any, split: str, source: str) -> Any:
     return loaded
 
 
-def _open_rows(source: str, split: str) -> Iterator[_RawRow]:
+def read_rows(source: str, split: str) -> Iterator[RawRow]:
+    """Every row of a source as read (a file, a save_to_disk folder, a hub id), before any adapter;
+    a row that cannot be read carries its problem instead of data."""
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -202,7 +204,7 @@ def load_examples(
         raise ValueError(f"limit must be >= 0, got {limit}")
 
     source = os.fspath(source)
-    rows = _open_rows(source, split)
+    rows = read_rows(source, split)
     examples: list[Example] = []
     skipped: list[str] = []
     seen = 0

@@ -1,4 +1,4 @@
-"""Rewards: math answer reward (math-verify), format reward, registry; TRL-compatible signature.
+"""Rewards: math answer (math-verify), multiple-choice letter, format; registry; TRL-compatible signature.
 
 Every reward is ``fn(prompts, completions, answer, **columns) -> list[float | None]``.
 
@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "RewardFn": "hybridrft.rewards.base",
     "completion_text": "hybridrft.rewards.base",
+    "choice_answer_reward": "hybridrft.rewards.choice_reward",
+    "extract_choice_letter": "hybridrft.rewards.choice_reward",
+    "normalize_choice_letter": "hybridrft.rewards.choice_reward",
     "RewardCounters": "hybridrft.rewards.counters",
     "reward_counters": "hybridrft.rewards.counters",
     "reset_reward_counters": "hybridrft.rewards.counters",
@@ -41,6 +44,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from hybridrft.rewards.base import RewardFn, completion_text
+    from hybridrft.rewards.choice_reward import choice_answer_reward, extract_choice_letter, normalize_choice_letter
     from hybridrft.rewards.counters import RewardCounters, reset_reward_counters, reward_counters
     from hybridrft.rewards.format_reward import boxed_format_reward, has_boxed_format
     from hybridrft.rewards.math_reward import extract_answer, lenient_math_answer_reward, math_answer_reward, verify_answer

@@ -1,7 +1,7 @@
 """Reward functions by name, and the weighted combination a trainer uses every step.
 
-Configs name rewards as strings: a built-in (``"math"``, ``"format"``), a name a user registered
-with :func:`register_reward`, or ``"package.module:function"`` for any TRL-style function.
+Configs name rewards as strings: a built-in (``"math"``, ``"format"``, ``"choice"``), a name a user
+registered with :func:`register_reward`, or ``"package.module:function"`` for any TRL-style function.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hybridrft.rewards.base import RewardFn
+from hybridrft.rewards.choice_reward import choice_reward
 from hybridrft.rewards.counters import (
     COUNTERS,
     RewardCounters,
@@ -43,6 +44,7 @@ REWARDS: dict[str, RewardFn] = {
     "math": math_answer_reward,
     "math_lenient": lenient_math_answer_reward,
     "format": boxed_format_reward,
+    "choice": choice_reward,
 }
 
 

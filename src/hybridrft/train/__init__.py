@@ -2,7 +2,7 @@
 
 from hybridrft.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from hybridrft.train.logging import MetricsLogger, read_metrics
-from hybridrft.train.trainer import Trainer, TrainResult, load_datasets
+from hybridrft.train.trainer import Trainer, TrainResult
 
 __all__ = [
     "MetricsLogger",
@@ -10,7 +10,6 @@ __all__ = [
     "Trainer",
     "latest_checkpoint",
     "list_checkpoints",
-    "load_datasets",
     "read_metrics",
     "save_checkpoint",
 ]

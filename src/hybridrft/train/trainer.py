@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hybridrft.config import Config, config_to_yaml
-from hybridrft.data import Example, arithmetic_splits, load_examples, split_holdout
+from hybridrft.data import Example, load_run_examples
 from hybridrft.eval import EvalResult, evaluate
 from hybridrft.models import load_policy, load_tokenizer, save_policy
 from hybridrft.objectives import BatchTotals, PolicyOutputs, StepPlan, build_objective
@@ -42,9 +42,6 @@ from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, s
 from hybridrft.train.logging import MetricsLogger, StepProgress
 
 logger = logging.getLogger(__name__)
-
-BUILTIN_ARITHMETIC = "builtin:arithmetic"
-
 
 @dataclass
 class PromptSet:
@@ -69,18 +66,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_datasets(config: Config) -> tuple[list[Example], list[Example]]:
-    """Training and held-out examples: the built-in task, a file or dataset, and a held-out split."""
-    data = config.data
-    if data.source == BUILTIN_ARITHMETIC:
-        return arithmetic_splits(data.builtin_size, config.eval.size, seed=config.train.seed)
-    kwargs = dict(format=data.format, fields=data.fields or None, on_error=data.on_error)
-    train = load_examples(data.source, split=data.split, limit=data.limit, **kwargs)
-    if data.eval_source:
-        return train, load_examples(data.eval_source, limit=config.eval.size, **kwargs)
-    return split_holdout(train, config.eval.size, seed=config.train.seed)
 
 
 class Trainer:
@@ -142,7 +127,7 @@ class Trainer:
 
         # data and rewards
         if train_examples is None:
-            train_examples, loaded_eval = load_datasets(config)
+            train_examples, loaded_eval = load_run_examples(config)
             eval_examples = loaded_eval if eval_examples is None else eval_examples
         self.train_set = self._encode(train_examples, "training data")
         self.eval_set = self._encode(eval_examples or [], "evaluation data")

@@ -1,0 +1,282 @@
+"""``hybridrft eval``: evaluate a model on benchmarks (built-in suites or your own files).
+
+Thin: parsing, loading and messages live here; the work is in :mod:`hybridrft.eval`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from hybridrft.cli.common import fail, setup_logging
+
+console = Console()
+
+_FIELD_HELP = (
+    "Column mapping, ROLE=COLUMN for every benchmark or BENCH.ROLE=COLUMN for one. Math roles: prompt, "
+    "answer, id (custom benchmarks also demonstration; built-in suites also solution). Multiple-choice "
+    "roles: question, choices (a list, or ARC's {text, label}), answer (a letter, label, index or the "
+    "option text), answer_index, or correct plus incorrect=COL1,COL2,... (GPQA style). Mapping a "
+    "multiple-choice role makes a custom benchmark multiple choice."
+)
+
+
+def _list_suites(value: bool) -> None:
+    if not value:
+        return
+    from hybridrft.eval import SUITES
+
+    console.print("[bold]built-in benchmark suites[/]: --suite NAME=PATH with your copy of the data, or --suite NAME "
+                  "for the hub copy; map other column names with --field NAME.ROLE=COLUMN\n")
+    for suite in SUITES.values():
+        hub = suite.hub_id or "none"
+        if suite.hub_id and suite.hub_config:
+            hub += f", config {suite.hub_config}"
+        if suite.hub_id:
+            hub += f", split {suite.hub_split}"
+        columns = "; ".join(f"{role}: {' | '.join(names)}" for role, names in suite.columns.items())
+        console.print(
+            f"[bold]{suite.name}[/] ({suite.title}, {suite.answer_type}; max new tokens {suite.max_new_tokens}; "
+            f"usually {suite.usual_metrics})\n  columns  {columns}"
+            + (f"\n  note     {suite.notes}" if suite.notes else "")
+            + f"\n  hub      {hub}",
+            highlight=False,
+        )
+    raise typer.Exit(0)
+
+
+def _default_output(model: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").replace("/", "__")).strip("._") or "model"
+    return Path("evals") / slug
+
+
+def _pick_device(device: str, dtype: str) -> tuple[str, str]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def evaluate_command(
+    model: str = typer.Argument(
+        ...,
+        help="Model to evaluate: a hub id, a local model folder, a run folder (runs/x: its final_model, else the "
+        "newest checkpoint), a checkpoint (runs/x/checkpoints/step-000010), or smollm2-135m-instruct.",
+        show_default=False,
+    ),
+    suite: Optional[List[str]] = typer.Option(
+        None,
+        "--suite",
+        "-s",
+        help="A benchmark, repeatable: NAME=PATH (a .jsonl/.json/.parquet file, a datasets folder or a hub id) or "
+        "NAME alone for a built-in suite's hub copy. Built-in: gsm8k, math500, aime24, amc23, minerva, "
+        "olympiadbench, arc_c, gpqa, mmlu_pro (see --list-suites); any other NAME=PATH is your own benchmark.",
+        show_default=False,
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="Same as --suite custom=DATA.", show_default=False
+    ),
+    format: str = typer.Option(
+        "auto", "--format", help="Layout of custom math benchmarks: auto | gsm8k | math | fields."
+    ),
+    field: Optional[List[str]] = typer.Option(None, "--field", "-f", help=_FIELD_HELP, show_default=False),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Split of hub / datasets sources [default: the suite's, else test].", show_default=False
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", min=1, help="Evaluate the first N problems of each benchmark.", show_default=False
+    ),
+    samples: int = typer.Option(
+        1, "--samples", "-n", min=1, help="Completions per problem; more than 1 reports avg@n and pass@k."
+    ),
+    temperature: Optional[float] = typer.Option(
+        None,
+        "--temperature",
+        "-t",
+        min=0.0,
+        help="Sampling temperature; 0 is greedy [default: 0 for one sample, 0.6 for several].",
+        show_default=False,
+    ),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling threshold."),
+    pass_k: Optional[str] = typer.Option(
+        None,
+        "--pass-k",
+        help="Comma-separated k for unbiased pass@k, each at most --samples, e.g. 1,4,8 "
+        "[default: powers of two up to --samples, and --samples].",
+        show_default=False,
+    ),
+    max_new_tokens: Optional[int] = typer.Option(
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Generation budget per completion [default: the suite's; 1024 for custom benchmarks].",
+        show_default=False,
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sequences per generate() call."),
+    max_prompt_tokens: int = typer.Option(
+        2048, "--max-prompt-tokens", min=1, help="Longer prompts are skipped and counted."
+    ),
+    system_prompt: Optional[str] = typer.Option(
+        None, "--system-prompt", help="System message before every problem.", show_default=False
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the option order and of sampling."),
+    shuffle_options: bool = typer.Option(
+        True, "--shuffle-options/--keep-option-order", help="Multiple choice: show the options in a seeded shuffled order."
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Folder for results.json, results.md and generations/<benchmark>.jsonl; an existing one is resumed "
+        "[default: evals/<model>].",
+        show_default=False,
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard the generations of these benchmarks in --output instead of resuming."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    list_suites: bool = typer.Option(
+        False, "--list-suites", is_eager=True, callback=_list_suites, help="List the built-in suites and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more detail."),
+):
+    """Evaluate a model on benchmarks: pass@1 (greedy), or avg@n and pass@k over n samples.
+
+    Writes results.json, results.md and every generation with its score (generations/NAME.jsonl).
+
+    Run the same command again to resume: generations already written are not made again.
+
+    Example: hybridrft eval runs/srft/final_model --suite gsm8k=test.jsonl --suite math500=math500.parquet
+
+    Example: hybridrft eval runs/srft --suite aime24=aime24.jsonl --samples 32 --pass-k 1,8,32
+
+    Example: hybridrft eval smollm2-135m-instruct --suite mine=q.jsonl --field prompt=q --field answer=a
+    """
+    setup_logging(verbose)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from hybridrft.data.loaders import FORMATS
+    from hybridrft.eval import (
+        BenchmarkError,
+        GenerationSettings,
+        ProgressHooks,
+        load_benchmark,
+        parse_benchmarks,
+        parse_pass_ks,
+        resolve_model_dir,
+        results_table,
+        run_benchmark,
+        write_results,
+    )
+    from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer
+    from hybridrft.models.loading import DTYPES
+    from hybridrft.rollout import HFSampler
+
+    if format not in FORMATS:
+        fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    if dtype != "auto" and dtype not in DTYPES:
+        fail(f"unknown --dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    if temperature is None:
+        temperature = 0.0 if samples == 1 else 0.6
+    if samples > 1 and temperature == 0:
+        fail(f"--samples {samples} with --temperature 0 would give {samples} identical greedy completions; "
+              "give a temperature > 0 (0.6 is usual)")
+    try:
+        ks = parse_pass_ks(pass_k, samples)
+        specs = parse_benchmarks(suite or [], data=data, fields=field or [])
+        benchmarks = [
+            load_benchmark(spec, limit=limit, seed=seed, shuffle_options=shuffle_options, format=format, split=split)
+            for spec in specs
+        ]
+    except ValueError as error:  # BenchmarkError included: a bad --suite, --field, file or column
+        fail(str(error))
+
+    output = output if output is not None else _default_output(model)
+    device, dtype = _pick_device(device, dtype)
+    model_path = resolve_model_dir(model)
+    try:
+        tokenizer = load_tokenizer(model_path)
+        policy = load_policy(model_path, dtype=dtype).eval()
+    except (ModelNotFoundError, OSError, ValueError) as error:
+        fail(str(error))
+    if device != "cpu":
+        policy.to(device)
+    sampler = HFSampler(policy, tokenizer, batch_size=batch_size)
+    console.print(
+        f"evaluating {model}" + (f" ({model_path})" if model_path != model else "")
+        + f" on {', '.join(b.name for b in benchmarks)}: {samples} sample(s) per problem, "
+        + ("greedy" if temperature == 0 else f"temperature {temperature}") + f"; output in {output}",
+        highlight=False,
+    )
+
+    run_settings = {
+        "samples": samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "pass_k": ks,
+        "seed": seed,
+        "shuffle_options": shuffle_options,
+        "system_prompt": system_prompt,
+        "max_new_tokens": max_new_tokens,
+        "max_prompt_tokens": max_prompt_tokens,
+        "batch_size": batch_size,
+        "limit": limit,
+        "dtype": dtype,
+        "device": device,
+    }
+    results = []
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True),
+    )
+    with progress:
+        task = {"id": None}
+
+        def start(name: str, total: int, done: int) -> None:
+            task["id"] = progress.add_task(name, total=total, completed=done)
+
+        hooks = ProgressHooks(start=start, advance=lambda k: progress.advance(task["id"], k))
+        for benchmark in benchmarks:
+            settings = GenerationSettings(
+                model=model_path,  # resolved: a run folder's newest checkpoint changes as the run goes on
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens or benchmark.max_new_tokens or 1024,
+                seed=seed,
+                system_prompt=system_prompt,
+                shuffle_options=shuffle_options if benchmark.answer_type == "choice" else True,
+            )
+            try:
+                results.append(
+                    run_benchmark(
+                        benchmark, sampler=sampler, tokenizer=tokenizer, output_dir=output, settings=settings,
+                        samples=samples, pass_ks=ks, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                        overwrite=overwrite, hooks=hooks,
+                    )
+                )
+            except BenchmarkError as error:
+                fail(str(error))
+            except KeyboardInterrupt:
+                progress.stop()
+                console.print(
+                    f"interrupted; the generations so far are in {output / 'generations'}; run the same command "
+                    "again to resume"
+                )
+                raise typer.Exit(130)
+            # after each benchmark, so an interrupted run still leaves the finished ones' results
+            json_path, md_path = write_results(
+                output, model=model, model_path=model_path, settings=run_settings, results=results
+            )
+    console.print(results_table(results, title=f"{model}: metrics in %"))
+    reused = sum(r.reused for r in results)
+    if reused:
+        console.print(f"resumed: {reused} generation(s) read back, {sum(r.generated_this_run for r in results)} new")
+    console.print(f"wrote {json_path}, {md_path} and {output / 'generations'}/", highlight=False)

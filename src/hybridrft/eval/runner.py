@@ -1,0 +1,286 @@
+"""Run one benchmark: batched generation, scoring, one JSONL line per generation, resumable.
+
+Every generation is appended to ``generations/<benchmark>.jsonl`` as soon as its batch is scored
+and the file is flushed, so an interrupted evaluation loses at most the batch in flight. On the next
+run the file is read back, a half-written last line is cut off, and only the missing
+``(problem, sample)`` pairs are generated. Each line carries the settings it was made with; a file
+written with other settings (another model, temperature, budget, seed) is an error rather than a
+silent mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example
+from hybridrft.eval.choice import CHOICE_INSTRUCTION
+from hybridrft.eval.metrics import primary_metric_name, summarize_counts
+from hybridrft.eval.suites import Benchmark, BenchmarkError
+from hybridrft.rewards import combine_rewards, extract_answer, extract_choice_letter, get_reward
+from hybridrft.rollout import Sampler, SamplingParams, encode_prompts
+
+logger = logging.getLogger(__name__)
+
+GENERATIONS_DIR = "generations"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What a generation depends on besides the problem; stored in every generation line."""
+
+    model: str
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    system_prompt: str | None = None
+    shuffle_options: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchmarkResult:
+    """The summary of one benchmark, as written to results.json."""
+
+    name: str
+    suite: str | None
+    answer_type: str
+    source: str
+    problems: int
+    samples: int
+    primary_metric: str
+    metrics: dict[str, float]
+    mean_response_tokens: float
+    truncated: float  # share of generations cut at max_new_tokens
+    answered: float  # share of generations with an extractable final answer
+    max_new_tokens: int
+    generated_this_run: int
+    reused: int  # generations read back from an earlier, interrupted run
+    skipped_prompts: int  # longer than max_prompt_tokens
+    generations: str  # path of the generations file, relative to the output folder
+    ignored_records: int = 0  # lines of the file for problems or samples outside this evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProgressHooks:
+    """Callbacks for a progress bar: ``start(benchmark, total, already_done)`` and ``advance(k)``."""
+
+    start: Callable[[str, int, int], None] = lambda name, total, done: None
+    advance: Callable[[int], None] = lambda count: None
+
+
+@dataclass
+class _Existing:
+    records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    ignored: int = 0
+
+
+def generations_path(output_dir: str | Path, benchmark: str) -> Path:
+    return Path(output_dir) / GENERATIONS_DIR / f"{benchmark}.jsonl"
+
+
+def read_generations(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The generation records of a JSONL file; a half-written last line is ignored.
+
+    A kill can leave the last line without its newline and cut short. With ``repair=True`` such a
+    line is cut off the file (or, when it is complete JSON, given its newline back), so the lines
+    appended next start on a line of their own. An unreadable line elsewhere is an error naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1  # everything up to and including the last newline
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(data[:complete].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        record = _parse_record(line)
+        if record is None:
+            raise BenchmarkError(
+                f"{path}, line {number}: not a generation record; remove the line or pass --overwrite"
+            )
+        records.append(record)
+    tail = data[complete:]
+    if tail.strip():
+        record = _parse_record(tail)
+        if record is not None:
+            records.append(record)
+            if repair:
+                with path.open("ab") as handle:
+                    handle.write(b"\n")
+        else:
+            logger.warning("%s: ignoring a half-written last line (%d bytes)", path, len(tail))
+            if repair:
+                with path.open("r+b") as handle:
+                    handle.truncate(complete)
+    return records
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _existing_records(path: Path, examples: list[Example], samples: int, settings: GenerationSettings) -> _Existing:
+    gold = {example.id: example.answer for example in examples}
+    expected = settings.as_dict()
+    existing = _Existing()
+    for number, record in enumerate(read_generations(path, repair=True), start=1):
+        stored = record.get("settings")
+        if not isinstance(stored, dict):
+            raise BenchmarkError(f"{path}, record {number}: no settings; not written by hybridrft eval (use --overwrite)")
+        differ = [key for key in expected if stored.get(key) != expected[key]]
+        if differ:
+            changes = ", ".join(f"{key}={stored.get(key)!r} there, {expected[key]!r} now" for key in differ)
+            raise BenchmarkError(
+                f"{path} holds generations made with other settings ({changes}); pass --overwrite to start "
+                "this benchmark over, or choose another --output folder"
+            )
+        key = (str(record.get("id")), int(record.get("sample", -1)))
+        if key[0] not in gold or not 0 <= key[1] < samples:
+            existing.ignored += 1
+            continue
+        if str(record.get("answer")) != gold[key[0]]:
+            raise BenchmarkError(
+                f"{path}: problem {key[0]!r} has gold answer {record.get('answer')!r} there but {gold[key[0]]!r} "
+                "in the data now (the data changed?); pass --overwrite to start over"
+            )
+        if key in existing.records:
+            existing.ignored += 1
+            continue
+        existing.records[key] = record
+    return existing
+
+
+def score_completions(answer_type: str, examples: list[Example], texts: list[str]) -> tuple[list[float], list[str | None]]:
+    """Scores (math reward or choice reward) and the extracted final answers, one per text."""
+    prompts = [example.prompt for example in examples]
+    answers = [example.answer for example in examples]
+    if answer_type == "choice":
+        counts = [int(example.meta.get("num_choices") or 0) or None for example in examples]
+        scores, _ = combine_rewards(
+            [("choice", get_reward("choice"), 1.0)], prompts, texts, answers, {"num_choices": counts}
+        )
+        extracted = [extract_choice_letter(text, count) for text, count in zip(texts, counts)]
+    else:
+        scores, _ = combine_rewards([("math", get_reward("math"), 1.0)], prompts, texts, answers)
+        extracted = [extract_answer(text) for text in texts]
+    return scores, extracted
+
+
+def _record(
+    example: Example, sample: int, completion, score: float, extracted: str | None, settings: GenerationSettings
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": example.id,
+        "sample": sample,
+        "correct": score >= 1.0,
+        "score": score,
+        "extracted": extracted,
+        "answer": example.answer,
+        "completion": completion.text,
+        "tokens": len(completion.token_ids),
+        "truncated": completion.truncated,
+        "finished": completion.finished,
+        "prompt": example.prompt,
+    }
+    if "permutation" in example.meta:
+        record["choices"] = example.meta["choices"]
+        record["permutation"] = example.meta["permutation"]
+    record["settings"] = settings.as_dict()
+    return record
+
+
+def run_benchmark(
+    benchmark: Benchmark,
+    *,
+    sampler: Sampler,
+    tokenizer,
+    output_dir: str | Path,
+    settings: GenerationSettings,
+    samples: int = 1,
+    pass_ks: list[int] | None = None,
+    batch_size: int = 32,
+    max_prompt_tokens: int = 2048,
+    overwrite: bool = False,
+    hooks: ProgressHooks | None = None,
+) -> BenchmarkResult:
+    """Generate ``samples`` completions per problem (only those not already in the generations
+    file), score them, append them to the file, and summarise the benchmark."""
+    hooks = hooks or ProgressHooks()
+    pass_ks = list(pass_ks or [])
+    instruction = CHOICE_INSTRUCTION if benchmark.answer_type == "choice" else DEFAULT_ANSWER_INSTRUCTION
+    examples, prompt_ids = encode_prompts(
+        tokenizer,
+        benchmark.examples,
+        system_prompt=settings.system_prompt,
+        answer_instruction=instruction,
+        max_prompt_tokens=max_prompt_tokens,
+        source=f"benchmark {benchmark.name}",
+    )
+    path = generations_path(output_dir, benchmark.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite and path.exists():
+        path.unlink()
+    existing = _existing_records(path, examples, samples, settings)
+    jobs = [(i, s) for i, example in enumerate(examples) for s in range(samples) if (example.id, s) not in existing.records]
+    hooks.start(benchmark.name, len(examples) * samples, len(examples) * samples - len(jobs))
+    params = SamplingParams(
+        n=1, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens
+    )
+    records = dict(existing.records)
+    with path.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            chunk_examples = [examples[i] for i, _ in chunk]
+            first = chunk_examples[0]
+            seed = zlib.crc32(f"{settings.seed}/{benchmark.name}/{first.id}/{chunk[0][1]}".encode())
+            completions = sampler.generate([prompt_ids[i] for i, _ in chunk], params, seed=seed)
+            scores, extracted = score_completions(benchmark.answer_type, chunk_examples, [c.text for c in completions])
+            for (i, sample), completion, score, answer in zip(chunk, completions, scores, extracted):
+                record = _record(examples[i], sample, completion, score, answer, settings)
+                records[(examples[i].id, sample)] = record
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            hooks.advance(len(chunk))
+
+    counts = []
+    for example in examples:
+        mine = [records[(example.id, s)] for s in range(samples)]
+        counts.append((samples, sum(bool(r["correct"]) for r in mine)))
+    all_records = list(records.values())
+    total = max(len(all_records), 1)
+    return BenchmarkResult(
+        name=benchmark.name,
+        suite=benchmark.suite,
+        answer_type=benchmark.answer_type,
+        source=benchmark.source,
+        problems=len(examples),
+        samples=samples,
+        primary_metric=primary_metric_name(samples, settings.temperature),
+        metrics=summarize_counts(counts, samples=samples, temperature=settings.temperature, pass_ks=pass_ks),
+        mean_response_tokens=sum(r["tokens"] for r in all_records) / total,
+        truncated=sum(bool(r["truncated"]) for r in all_records) / total,
+        answered=sum(r.get("extracted") is not None for r in all_records) / total,
+        max_new_tokens=settings.max_new_tokens,
+        generated_this_run=len(jobs),
+        reused=len(existing.records),
+        skipped_prompts=len(benchmark.examples) - len(examples),
+        generations=str(Path(GENERATIONS_DIR) / path.name),
+        ignored_records=existing.ignored,
+    )

@@ -1,0 +1,226 @@
+"""`hybridrft report` and `hybridrft analyze` on real run folders trained here (tiny random Llama)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from hybridrft.cli.report_cmd import analyze_app, report_command
+from hybridrft.config import load_config
+from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example, render_prompt
+from hybridrft.models import load_tokenizer
+from hybridrft.report import default_output_dir, load_responses
+from hybridrft.train import Trainer
+
+runner = CliRunner()
+app = typer.Typer()
+app.command(name="report")(report_command)
+app.add_typer(analyze_app, name="analyze")
+
+DATA_URI = re.compile(r"src='data:image/png;base64,[A-Za-z0-9+/=]{100,}'")
+
+
+def brevity(prompts, completions, answer, **columns):
+    """Graded reward, so that the rollouts of a random model differ in reward (as in test_train)."""
+    return [1.0 / (1.0 + len(c)) for c in completions]
+
+
+def tiny_config(model_dir, output_dir, *overrides):
+    return load_config(
+        overrides=[
+            f"model.name_or_path={model_dir}",
+            f"train.output_dir={output_dir}",
+            "data.builtin_size=24",
+            "eval.size=4",
+            "eval.max_new_tokens=6",
+            "rollout.max_new_tokens=6",
+            "grpo.num_generations=3",
+            "srft.num_generations=3",
+            "sasr.warmup_steps=1",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=3",
+            "train.max_steps=2",
+            "train.learning_rate=1e-3",
+            "reward.functions=[math,test_report:brevity]",
+            "reward.weights=[1.0,1.0]",
+            *overrides,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """Two finished 2-step runs (srft, sasr) and the held-out prompt ids the srft trainer used."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for method in ("srft", "sasr"):
+        trainer = Trainer(tiny_config(tiny_model_dir, root / f"{method}-run", f"method={method}"))
+        trainer.train()
+        out[method] = root / f"{method}-run"
+        if method == "srft":
+            out["eval_prompt_ids"] = {e.id: ids for e, ids in zip(trainer.eval_set.examples, trainer.eval_set.prompt_ids)}
+    return out
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def assert_self_contained(page: str) -> None:
+    assert page.lstrip().startswith("<!DOCTYPE html>")
+    assert DATA_URI.search(page)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"src=['\"](?!data:)", page), "every image is embedded"
+
+
+def test_report_on_one_run(runs, tiny_model_dir):
+    run = runs["srft"]
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    page = (run / "report.html").read_text()
+    assert_self_contained(page)
+    for name in ("loss", "reward", "accuracy", "entropy", "length", "weights", "optimizer", "throughput"):
+        assert (run / "plots" / f"{name}.png").is_file(), name
+    assert not (run / "plots" / "sasr.png").exists()  # no SASR metric in an SRFT run
+    # header: run name, method, model, steps, learning rate; summary: held-out accuracy first -> last
+    assert "srft-run" in page and "<b>srft</b>" in page and str(tiny_model_dir) in page
+    assert "2 done of 2" in page and "0.001" in page
+    assert "(step 0) →" in page and "(step 2)" in page
+    assert "srft/w_sft" in page and "loss/sft_demo" in page  # captions name the plotted keys
+
+
+def test_report_overlays_two_runs(runs, tmp_path):
+    out = tmp_path / "compare"
+    result = invoke("report", runs["srft"], runs["sasr"], "--output", out)
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert_self_contained(page)
+    assert "srft-run" in page and "sasr-run" in page and "<b>sasr</b>" in page
+    for name in ("loss", "reward", "entropy", "weights", "sasr"):
+        assert (out / "plots" / f"{name}.png").is_file(), name
+    assert page.count("data:image/png;base64,") == len(list((out / "plots").glob("*.png")))
+    assert "sasr/choice_sft" in page
+    # the default output folder for several runs sits next to the first one
+    assert default_output_dir([runs["srft"], runs["sasr"]]) == runs["srft"].parent / "compare-srft-run-vs-sasr-run"
+    assert default_output_dir([runs["srft"]]) == runs["srft"]
+
+
+def test_user_errors_exit_2_with_one_message(runs, tmp_path, tiny_model_dir):
+    (tmp_path / "empty").mkdir()
+    result = invoke("report", runs["srft"], tmp_path / "empty")
+    assert result.exit_code == 2 and "no metrics.jsonl" in result.output
+    result = invoke("analyze", "entropy", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "run folder not found" in result.output
+    result = invoke("analyze", "shift", tiny_model_dir, tmp_path / "no-model", "-r", runs["srft"], "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "model folder not found" in result.output
+    result = invoke("analyze", "shift", tiny_model_dir, tiny_model_dir, "-r", runs["srft"] / "samples.jsonl", "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "'prompt'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_analyze_entropy_and_the_report_picks_it_up(runs, tmp_path):
+    out = tmp_path / "entropy"
+    result = invoke("analyze", "entropy", runs["srft"], runs["sasr"], "--output", out, "--smooth", "2")
+    assert result.exit_code == 0, result.output
+    assert (out / "entropy-dynamics.png").stat().st_size > 10_000
+    # one run: RUN/analysis/, which its report then embeds
+    result = invoke("analyze", "entropy", runs["sasr"])
+    assert result.exit_code == 0, result.output
+    assert (runs["sasr"] / "analysis" / "entropy-dynamics.png").is_file()
+    result = invoke("report", runs["sasr"])
+    assert result.exit_code == 0, result.output
+    page = (runs["sasr"] / "report.html").read_text()
+    assert "entropy-dynamics.png" in page and "SRFT paper Figs. 4-6" in page
+    assert page.count("data:image/png;base64,") == len(list((runs["sasr"] / "plots").glob("*.png"))) + 1
+
+
+def direct_probs(model, prompt_ids, completion_ids):
+    """Completion-token probabilities from one plain forward pass: softmax of the logits."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[len(prompt_ids) - 1 :].exp().numpy()
+
+
+def test_analyze_shift_on_a_runs_generations(runs, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = runs["srft"]
+    tuned = run / "final_model"
+    result = invoke("analyze", "shift", tiny_model_dir, tuned, "--responses", run)
+    assert result.exit_code == 0, result.output
+    out = run / "analysis"
+    for name in ("shift-histogram.png", "shift-tokens.png", "shift.json", "shift-tokens.jsonl"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "shift.json").read_text())
+    records = [json.loads(line) for line in (out / "shift-tokens.jsonl").read_text().splitlines()]
+    generations = [json.loads(line) for line in (run / "eval" / "generations-step-000002.jsonl").read_text().splitlines()]
+    assert summary["responses"] == len(records) == len(generations) == 4
+    assert summary["source"].endswith("generations-step-000002.jsonl")
+    assert all(len(r["tokens"]) == len(r["p_base"]) == len(r["p_tuned"]) == len(r["token_ids"]) for r in records)
+    assert summary["tokens"] == sum(len(r["tokens"]) for r in records)
+    assert sum(summary["histogram"]["counts"]) == summary["tokens"]
+
+    # the prompts are rebuilt exactly as the trainer rendered them
+    tokenizer = load_tokenizer(str(tuned))
+    responses, _ = load_responses(run, tokenizer)
+    for response in responses:
+        assert response.prompt_ids == runs["eval_prompt_ids"][response.id]
+
+    # the reported probabilities are those of a plain forward pass under each model
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tuned_model = AutoModelForCausalLM.from_pretrained(tuned).eval()
+    r0, rec0 = responses[0], records[0]
+    assert rec0["token_ids"] == r0.completion_ids
+    np.testing.assert_allclose(rec0["p_base"], direct_probs(base_model, r0.prompt_ids, r0.completion_ids), atol=1e-5)
+    np.testing.assert_allclose(rec0["p_tuned"], direct_probs(tuned_model, r0.prompt_ids, r0.completion_ids), atol=1e-5)
+    assert max(abs(t - b) for r in records for t, b in zip(r["p_tuned"], r["p_base"])) > 1e-4  # training moved something
+
+    # and the report shows the shift: summary, token spans, both PNGs
+    assert invoke("report", run).exit_code == 0
+    page = (run / "report.html").read_text()
+    assert_self_contained(page)
+    assert "token by token" in page and "title='p_base " in page and "SRFT paper Fig. 2b" in page
+
+
+def test_shift_of_a_model_against_itself_is_zero_on_a_prompt_completion_file(tiny_model_dir, tmp_path):
+    rows = [
+        {"prompt": "Sam has 12 apples. He buys 7 more. How many apples does Sam have now?", "completion": "12 + 7 = 19. The answer is \\boxed{19}."},
+        {"prompt": [{"role": "user", "content": "What is 6 * 4?"}], "completion": "6 * 4 = 24", "truncated": True},
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("analyze", "shift", tiny_model_dir, tiny_model_dir, "-r", path, "--example", "1")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "analysis"
+    records = [json.loads(line) for line in (out / "shift-tokens.jsonl").read_text().splitlines()]
+    assert all(r["p_base"] == r["p_tuned"] for r in records)
+    summary = json.loads((out / "shift.json").read_text())
+    assert summary["mean_abs_delta"] == 0.0 and summary["share_abs_delta_below_0.01"] == 1.0
+    counts = summary["histogram"]["counts"]
+    assert counts[len(counts) // 2] == summary["tokens"]  # every token in the bin around 0
+    assert summary["example"]["index"] == 1 and summary["example"]["tokens"]
+
+    # a prompt field is the problem, rendered with the chat template and the default instruction;
+    # EOS closes a completion unless the record says it was truncated
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for row, record in zip(rows, records):
+        text = render_prompt(tokenizer, Example("x", row["prompt"], [], ""), answer_instruction=DEFAULT_ANSWER_INSTRUCTION)
+        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+        completion_ids = tokenizer(row["completion"], add_special_tokens=False).input_ids
+        if not row.get("truncated"):
+            completion_ids.append(tokenizer.eos_token_id)
+        assert record["token_ids"] == completion_ids
+        np.testing.assert_allclose(record["p_base"], direct_probs(model, prompt_ids, completion_ids), atol=1e-5)
