@@ -26,7 +26,6 @@ from hybridrft.eval import (
     parse_pass_ks,
     pass_at_k,
     read_generations,
-    resolve_model_dir,
     summarize_counts,
 )
 from hybridrft.eval.choice import LETTERS
@@ -192,7 +191,9 @@ def test_read_generations_ignores_a_half_written_last_line(tmp_path):
     assert path.read_text() == '{"id": "a", "sample": 0}\n{"id": "b", "sample": 0}\n'
 
 
-def test_resolve_model_dir_finds_run_and_checkpoint_models(tmp_path):
+def test_a_run_or_checkpoint_folder_stands_for_its_model(tmp_path):
+    from hybridrft.models import resolve_model_path as resolve_model_dir
+
     run = tmp_path / "run"
     for folder in ("checkpoints/step-000002/model", "checkpoints/step-000010/model"):
         (run / folder).mkdir(parents=True)

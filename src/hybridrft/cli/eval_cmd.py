@@ -171,12 +171,11 @@ def evaluate_command(
         load_benchmark,
         parse_benchmarks,
         parse_pass_ks,
-        resolve_model_dir,
         results_table,
         run_benchmark,
         write_results,
     )
-    from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer
+    from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer, model_in_folder
     from hybridrft.models.loading import DTYPES
     from hybridrft.rollout import HFSampler
 
@@ -201,7 +200,9 @@ def evaluate_command(
 
     output = output if output is not None else _default_output(model)
     device, dtype = _pick_device(device, dtype)
-    model_path = resolve_model_dir(model)
+    local = Path(model).expanduser()
+    found = model_in_folder(local) if local.is_dir() else None  # a run or checkpoint folder: its model
+    model_path = str(found) if found is not None else model
     try:
         tokenizer = load_tokenizer(model_path)
         policy = load_policy(model_path, dtype=dtype).eval()

@@ -2,7 +2,6 @@
 (built-in suites, multiple choice, avg@k and unbiased pass@k, resumable generation files)."""
 
 from hybridrft.eval.accuracy import EvalResult, evaluate
-from hybridrft.eval.checkpoints import resolve_model_dir
 from hybridrft.eval.choice import CHOICE_INSTRUCTION, ChoiceQuestion, arrange_options, choice_prompt, option_permutation
 from hybridrft.eval.metrics import (
     avg_at_k,
@@ -66,7 +65,6 @@ __all__ = [
     "pass_at_k",
     "primary_metric_name",
     "read_generations",
-    "resolve_model_dir",
     "results_markdown",
     "results_table",
     "run_benchmark",

@@ -7,6 +7,7 @@ from hybridrft.models.loading import (
     clear_quantization_flags,
     load_policy,
     load_tokenizer,
+    model_in_folder,
     resolve_model_path,
     save_policy,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "clear_quantization_flags",
     "load_policy",
     "load_tokenizer",
+    "model_in_folder",
     "resolve_model_path",
     "save_policy",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,8 +81,24 @@ def clear_quantization_flags(model) -> None:
         del model.config.quantization_config
 
 
+def model_in_folder(folder: Path) -> Path | None:
+    """The model a local folder stands for: the folder itself (it has ``config.json``), a checkpoint's
+    ``model/``, a finished run's ``final_model/``, or the newest ``checkpoints/step-*/model`` of a run
+    that has not finished; None if it holds none of these."""
+    for candidate in (folder, folder / "model", folder / "final_model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    steps = [
+        (int(m.group(1)), child / "model")
+        for child in (folder / "checkpoints").glob("step-*")
+        if (m := re.match(r"^step-(\d+)$", child.name)) and (child / "model" / "config.json").is_file()
+    ]
+    return max(steps)[1] if steps else None
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder for embedded names (converted on first use); other names pass through."""
+    """A local model folder for an embedded name (converted on first use), a model folder, a run
+    folder or a checkpoint folder (see ``model_in_folder``); hub ids pass through."""
     if name_or_path in EMBEDDED_MODELS:
         target = cache_dir() / "models" / name_or_path
         if not (target / "config.json").is_file():
@@ -89,9 +106,12 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(target)
     local = Path(name_or_path).expanduser()
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{local} is not a model folder (no config.json)")
-        return str(local)
+        found = model_in_folder(local) if local.is_dir() else None
+        if found is None:
+            raise ModelNotFoundError(
+                f"{local} is not a model folder (no config.json), nor a run or checkpoint folder holding one"
+            )
+        return str(found)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelNotFoundError(f"model folder not found: {name_or_path}")
     return name_or_path  # a hub id
