@@ -160,6 +160,8 @@ class Trainer:
 
         self.step = 0
         self.data_cursor = 0  # prompts consumed so far; the order is a seeded permutation per epoch
+        self._order: list[int] = []
+        self._order_epoch: int | None = None
         self.evals: dict[int, EvalResult] = {}
         if resume_from:
             state = load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler)
@@ -193,10 +195,16 @@ class Trainer:
         out = []
         for position in range(self.data_cursor, self.data_cursor + count):
             epoch, offset = divmod(position, size)
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch))
-            out.append(int(order[offset]))
+            out.append(self._epoch_order(epoch)[offset])
         self.data_cursor += count
         return out
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The seeded permutation of the training set for ``epoch`` (kept for the current epoch)."""
+        if self._order_epoch != epoch:
+            generator = torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)
+            self._order, self._order_epoch = torch.randperm(len(self.train_set), generator=generator).tolist(), epoch
+        return self._order
 
     def _demonstration_ids(self, example: Example, count: int) -> tuple[list[list[int]], list[str], int]:
         """The first ``count`` demonstrations (cycled if fewer), tokenized, EOS-terminated, length-capped."""
