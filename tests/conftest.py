@@ -79,6 +79,40 @@ def build_tiny_llama(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config).float()
 
 
+def brevity(prompts, completions, answer, **columns):
+    """A graded TRL-style reward (shorter is better): a random model's rollouts then differ in
+    reward, so RL terms get non-zero advantages. Loaded by the trainer as ``conftest:brevity``."""
+    return [1.0 / (1.0 + len(c)) for c in completions]
+
+
+def tiny_config(model_dir, output_dir, *overrides):
+    """A run config sized for the tiny model: 2 steps of 2 prompts, 6-token completions."""
+    from hybridrft.config import load_config
+
+    return load_config(
+        overrides=[
+            f"model.name_or_path={model_dir}",
+            f"train.output_dir={output_dir}",
+            "data.builtin_size=24",
+            "eval.size=4",
+            "eval.max_new_tokens=6",
+            "rollout.max_new_tokens=6",
+            "grpo.num_generations=3",
+            "srft.num_generations=3",
+            "sasr.warmup_steps=1",
+            "two_stage.sft_steps=1",
+            "luffy.num_generations=3",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=3",
+            "train.max_steps=2",
+            "train.learning_rate=1e-3",
+            "reward.functions=[math,conftest:brevity]",
+            "reward.weights=[1.0,1.0]",
+            *overrides,
+        ]
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

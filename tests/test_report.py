@@ -11,8 +11,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from conftest import tiny_config
 from hybridrft.cli.report_cmd import analyze_app, report_command
-from hybridrft.config import load_config
 from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example, render_prompt
 from hybridrft.models import load_tokenizer
 from hybridrft.report import default_output_dir, load_responses
@@ -24,34 +24,6 @@ app.command(name="report")(report_command)
 app.add_typer(analyze_app, name="analyze")
 
 DATA_URI = re.compile(r"src='data:image/png;base64,[A-Za-z0-9+/=]{100,}'")
-
-
-def brevity(prompts, completions, answer, **columns):
-    """Graded reward, so that the rollouts of a random model differ in reward (as in test_train)."""
-    return [1.0 / (1.0 + len(c)) for c in completions]
-
-
-def tiny_config(model_dir, output_dir, *overrides):
-    return load_config(
-        overrides=[
-            f"model.name_or_path={model_dir}",
-            f"train.output_dir={output_dir}",
-            "data.builtin_size=24",
-            "eval.size=4",
-            "eval.max_new_tokens=6",
-            "rollout.max_new_tokens=6",
-            "grpo.num_generations=3",
-            "srft.num_generations=3",
-            "sasr.warmup_steps=1",
-            "train.prompts_per_step=2",
-            "train.micro_batch_size=3",
-            "train.max_steps=2",
-            "train.learning_rate=1e-3",
-            "reward.functions=[math,test_report:brevity]",
-            "reward.weights=[1.0,1.0]",
-            *overrides,
-        ]
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,41 +8,10 @@ import math
 import pytest
 import torch
 
-from hybridrft.config import load_config
+from conftest import tiny_config
 from hybridrft.train import Trainer, latest_checkpoint, list_checkpoints, read_metrics
 
 METHODS = ["sft", "grpo", "srft", "sasr", "two_stage", "static_mix", "luffy", "chord", "hpt"]
-
-
-def brevity(prompts, completions, answer, **columns):
-    """A graded TRL-style reward (shorter is better): a random model's rollouts then differ in
-    reward, so RL terms get non-zero advantages. Loaded by the trainer as ``test_train:brevity``."""
-    return [1.0 / (1.0 + len(c)) for c in completions]
-
-
-def tiny_config(model_dir, output_dir, *overrides):
-    return load_config(
-        overrides=[
-            f"model.name_or_path={model_dir}",
-            f"train.output_dir={output_dir}",
-            "data.builtin_size=24",
-            "eval.size=4",
-            "eval.max_new_tokens=6",
-            "rollout.max_new_tokens=6",
-            "grpo.num_generations=3",
-            "srft.num_generations=3",
-            "sasr.warmup_steps=1",
-            "two_stage.sft_steps=1",
-            "luffy.num_generations=3",
-            "train.prompts_per_step=2",
-            "train.micro_batch_size=3",
-            "train.max_steps=2",
-            "train.learning_rate=1e-3",
-            "reward.functions=[math,test_train:brevity]",
-            "reward.weights=[1.0,1.0]",
-            *overrides,
-        ]
-    )
 
 
 def weights(model) -> dict[str, torch.Tensor]:

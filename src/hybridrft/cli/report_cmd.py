@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from hybridrft.cli.common import fail
+from hybridrft.cli.common import fail, setup_logging
 
 console = Console(soft_wrap=True)
 
@@ -23,13 +23,6 @@ analyze_app = typer.Typer(
     no_args_is_help=True,
     help="Diagnostics from the SRFT paper: token-probability shift between two models, entropy over training.",
 )
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
 
 def report_command(
@@ -85,7 +78,7 @@ def shift_command(
     from hybridrft.report import ResponsesError, RunFolderError, token_shift, write_shift
     from hybridrft.report.shift import run_dir_of
 
-    _quiet_transformers()
+    setup_logging(verbose=False)
     if dtype not in DTYPES:
         fail(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if not responses.exists():
