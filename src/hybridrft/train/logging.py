@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from hybridrft.report.runs import read_jsonl
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -61,8 +63,8 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
 
 
 def read_metrics(path: Path, kind: str | None = "train") -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    """The records of a ``metrics.jsonl`` of one ``kind`` (``train``, ``eval``; None: all)."""
+    return [r for r in read_jsonl(path) if kind is None or r.get("kind") == kind]
 
 
 class StepProgress:

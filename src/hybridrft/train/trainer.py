@@ -28,6 +28,9 @@ from hybridrft.data import Example, load_run_examples
 from hybridrft.eval import EvalResult, evaluate
 from hybridrft.models import load_policy, load_tokenizer, save_policy
 from hybridrft.objectives import BatchTotals, PolicyOutputs, StepPlan, build_objective
+from hybridrft.objectives.base import masked_token_mean
+from hybridrft.objectives.grpo import rollout_mask
+from hybridrft.objectives.sft import demo_mask
 from hybridrft.ops import MaskTotals, token_logprobs_and_entropy
 from hybridrft.rewards import combine_rewards, get_reward, reward_counters
 from hybridrft.rollout import (
@@ -42,6 +45,8 @@ from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, s
 from hybridrft.train.logging import MetricsLogger, StepProgress
 
 logger = logging.getLogger(__name__)
+
+ALL_ROLLOUTS, ALL_DEMOS = "all_rollouts", "all_demos"
 
 @dataclass
 class PromptSet:
@@ -106,7 +111,6 @@ class Trainer:
             resume_from = None
         if cfg.resume and resume_from is None:
             logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
-        self.resume_from = resume_from
 
         # model and tokenizer (a resumed run takes the weights of its checkpoint)
         policy_source = str(resume_from / "model") if resume_from else config.model.name_or_path
@@ -318,8 +322,8 @@ class Trainer:
         accumulated over micro-batches equal the gradient of the full-batch loss.
         """
         masks = self.objective.masks(batch, plan)
-        masks["all_rollouts"] = batch.loss_mask & ~batch.is_demo.unsqueeze(-1)
-        masks["all_demos"] = batch.loss_mask & batch.is_demo.unsqueeze(-1)
+        masks[ALL_ROLLOUTS] = rollout_mask(batch)  # for the entropy diagnostics of every method
+        masks[ALL_DEMOS] = demo_mask(batch)
         totals = BatchTotals({name: self._global_totals(mask) for name, mask in masks.items()})
         micro_batches = length_sorted_micro_batches(batch.sequence_lengths, self.config.train.micro_batch_size)
         entropy_masks = self.objective.entropy_means_needed(plan)
@@ -346,11 +350,12 @@ class Trainer:
             for name, value in term_metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             # entropy diagnostics: token means over rollouts and over demonstrations
-            entropy = out.entropy.detach()
-            for label, mask_name in (("entropy/rollout", "all_rollouts"), ("entropy/demo", "all_demos")):
+            for label, mask_name, mask in (
+                ("entropy/rollout", ALL_ROLLOUTS, rollout_mask(micro)),
+                ("entropy/demo", ALL_DEMOS, demo_mask(micro)),
+            ):
                 if totals[mask_name].num_tokens:
-                    mask = masks[mask_name][index][:, : entropy.shape[1]].to(device)
-                    sums[label] = sums.get(label, 0.0) + float((entropy * mask).sum()) / totals[mask_name].num_tokens
+                    sums[label] = sums.get(label, 0.0) + float(masked_token_mean(out.entropy, mask, totals[mask_name]))
         return sums
 
     def optimizer_step(self, step: int, plan: StepPlan) -> dict[str, float]:
