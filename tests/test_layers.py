@@ -10,9 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hybridrft"
 # rank of each layer; a module may import only its own layer and layers of lower rank
 RANK = {
     "config": 0,
-    "ops": 1,
     "models": 1,
     "data": 1,
+    "ops": 2,  # the log-prob forward drives a model (models.kv_cache); DESIGN puts ops above models
     "rewards": 2,
     "rollout": 3,
     "objectives": 4,

@@ -177,7 +177,7 @@ def evaluate_command(
     )
     from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer, model_in_folder
     from hybridrft.models.loading import DTYPES
-    from hybridrft.rollout import HFSampler
+    from hybridrft.rollout import build_sampler
 
     if format not in FORMATS:
         fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -210,7 +210,7 @@ def evaluate_command(
         fail(str(error))
     if device != "cpu":
         policy.to(device)
-    sampler = HFSampler(policy, tokenizer, batch_size=batch_size)
+    sampler = build_sampler("native", policy, tokenizer, batch_size=batch_size)
     console.print(
         f"evaluating {model}" + (f" ({model_path})" if model_path != model else "")
         + f" on {', '.join(b.name for b in benchmarks)}: {samples} sample(s) per problem, "

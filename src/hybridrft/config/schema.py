@@ -64,14 +64,14 @@ class DataConfig:
 class RolloutConfig:
     """Sampling of the policy's own completions (n per prompt comes from the method section)."""
 
-    backend: str = "hf"  # hf (transformers.generate)
+    backend: str = "native"  # native (shared prompt pass, compacting KV cache) | hf (transformers.generate)
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     generation_batch_size: int = 64  # sequences per generate() call
 
     def __post_init__(self):
-        _check_choice("rollout", "backend", self.backend, ("hf",))
+        _check_choice("rollout", "backend", self.backend, ("native", "hf"))
         _check_positive("rollout", "max_new_tokens", self.max_new_tokens)
 
 
@@ -266,7 +266,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: Optional[float] = 1.0  # None: no clipping (the norm is still recorded)
     seed: int = 0
-    logprob_chunk_size: int = 128  # sequence chunk for the vocabulary projection
+    logprob_chunk_size: int = 128  # token positions projected onto the vocabulary at once (per sequence row)
+    shared_prompt_forward: bool = True  # run each prompt once per micro-batch; its completions attend to it
     save_every: int = 0  # 0: save only at the end
     keep_checkpoints: int = 2
     log_samples: int = 2  # completions per step written to samples.jsonl

@@ -1,7 +1,7 @@
 """Pure tensor functions: log-probs and entropies, advantages, loss terms, aggregation.
 
 No I/O, no globals, no knowledge of models beyond the Hugging Face module interface used by
-``token_logprobs_and_entropy``.
+``token_logprobs_and_entropy`` and ``shared_prompt_logprobs_and_entropy``.
 """
 
 from hybridrft.ops.advantages import ADVANTAGE_SCALES, group_advantages
@@ -15,6 +15,7 @@ from hybridrft.ops.entropy_weights import (
 from hybridrft.ops.logprobs import (
     chunked_logprobs_and_entropy,
     logprobs_and_entropy_from_logits,
+    shared_prompt_logprobs_and_entropy,
     token_logprobs_and_entropy,
 )
 from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability, uncertainty_weights
@@ -28,6 +29,7 @@ __all__ = [
     "aggregate",
     "chunked_logprobs_and_entropy",
     "clipped_surrogate",
+    "shared_prompt_logprobs_and_entropy",
     "entropy_for_weights",
     "entropy_weight",
     "group_advantages",

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from hybridrft.models.kv_cache import capture_cache, captured, prefix_cache, stack_prefixes
+
 
 def logprobs_and_entropy_from_logits(
     logits: torch.Tensor, targets: torch.Tensor
@@ -83,3 +85,85 @@ def token_logprobs_and_entropy(
     )
     pad = logp.new_zeros(logp.shape[0], 1)
     return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy], dim=1)
+
+
+def shared_prompt_logprobs_and_entropy(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    group: torch.Tensor,
+    *,
+    chunk_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs_and_entropy`` for rows that share prompts, running each prompt once.
+
+    Rows with the same ``group`` must hold the same prompt (the tokens before their first
+    ``loss_mask`` position). Each distinct prompt goes through the decoder once, with batch 1; the
+    completions then go through it together, attending to the prompts' keys and values
+    (``models.kv_cache``), and only completion positions are projected onto the vocabulary. The
+    outputs line up with ``input_ids`` like ``token_logprobs_and_entropy``'s and agree with it on
+    every ``loss_mask`` position (prompt and padding positions are 0); gradients reach the prompt
+    pass through the keys and values.
+    """
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    rows, width = input_ids.shape
+    completion_lengths = loss_mask.sum(-1)
+    prompt_lengths = attention_mask.sum(-1) - completion_lengths
+
+    # rows of a group must be consecutive for the stacked prefix: order them by group
+    order = torch.argsort(group, stable=True)
+    groups, counts = torch.unique_consecutive(group[order], return_counts=True)
+    firsts = torch.cumsum(counts, 0) - counts
+    prompt_kv, last_hidden = [], []
+    for first, count in zip(order[firsts].tolist(), counts.tolist()):
+        length = int(prompt_lengths[first])
+        prompt = input_ids[first, :length]
+        cache = capture_cache()
+        hidden = decoder(input_ids=prompt[None], past_key_values=cache, use_cache=False).last_hidden_state
+        prompt_kv.append(captured(cache))
+        last_hidden.append(hidden[:, -1:].expand(count, -1, -1))
+    _check_shared_prompts(input_ids, prompt_lengths, order, counts)
+    prefix, prefix_width = stack_prefixes(prompt_kv, counts.tolist())
+
+    # the completions of the ordered rows, right-padded, with each row's own positions
+    ordered_prompt = prompt_lengths[order]
+    longest = int(completion_lengths.max())
+    offsets = torch.arange(longest, device=input_ids.device)
+    columns = (ordered_prompt[:, None] + offsets).clamp(max=width - 1)
+    completion_mask = offsets[None] < completion_lengths[order][:, None]
+    completion_ids = input_ids[order].gather(1, columns).masked_fill(~completion_mask, 0)
+    prefix_mask = torch.arange(prefix_width, device=input_ids.device)[None] >= (prefix_width - ordered_prompt)[:, None]
+    hidden = decoder(
+        input_ids=completion_ids,
+        attention_mask=torch.cat([prefix_mask, completion_mask], dim=1).long(),
+        position_ids=ordered_prompt[:, None] + offsets,
+        past_key_values=prefix_cache(prefix),
+        use_cache=False,  # the caches are passed in and read (or recorded) all the same
+    ).last_hidden_state
+    # position j of a completion is predicted by the hidden state before it
+    predicting = torch.cat([torch.cat(last_hidden), hidden[:, :-1]], dim=1)
+    logp, entropy = chunked_logprobs_and_entropy(
+        predicting[completion_mask][None], head.weight, completion_ids[completion_mask][None],
+        bias=head.bias, chunk_size=chunk_size,
+    )
+
+    # back to input_ids coordinates and the caller's row order
+    def place(values: torch.Tensor) -> torch.Tensor:
+        per_row = values.new_zeros(rows, longest).masked_scatter(completion_mask, values[0])
+        out = values.new_zeros(rows, width + longest).scatter(1, ordered_prompt[:, None] + offsets, per_row)
+        return out[:, :width].index_select(0, torch.argsort(order))
+
+    return place(logp), place(entropy)
+
+
+def _check_shared_prompts(input_ids, prompt_lengths, order, counts) -> None:
+    start = 0
+    for count in counts.tolist():
+        members = order[start : start + count]
+        lengths = prompt_lengths[members]
+        length = int(lengths[0])
+        if not bool((lengths == length).all()) or not bool((input_ids[members, :length] == input_ids[members[0], :length]).all()):
+            raise ValueError("rows of one group must share the same prompt tokens")
+        start += count

@@ -60,6 +60,30 @@ def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) ->
     return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
 
 
+def group_micro_batches(group: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:
+    """Index lists of at most ``micro_batch_size`` rows made of whole groups where they fit.
+
+    For the shared-prompt forward, which runs each group's prompt once per micro-batch: groups
+    (longest first) are packed together while they fit, and a group larger than the micro-batch
+    is split into length-sorted pieces.
+    """
+    members: dict[int, list[int]] = {}
+    for row in torch.argsort(lengths, descending=True, stable=True).tolist():
+        members.setdefault(int(group[row]), []).append(row)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for rows in members.values():  # ordered by each group's longest row
+        pieces = [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+        for piece in pieces:
+            if current and len(current) + len(piece) > micro_batch_size:
+                batches.append(current)
+                current = []
+            current = current + piece
+    if current:
+        batches.append(current)
+    return batches
+
+
 def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [N, T], attention_mask [N, T])`` for ragged token lists."""
     width = max((len(r) for r in rows), default=0)

@@ -31,14 +31,16 @@ from hybridrft.objectives import BatchTotals, PolicyOutputs, StepPlan, build_obj
 from hybridrft.objectives.base import masked_token_mean
 from hybridrft.objectives.grpo import rollout_mask
 from hybridrft.objectives.sft import demo_mask
-from hybridrft.ops import MaskTotals, token_logprobs_and_entropy
+from hybridrft.models.kv_cache import allow_checkpointed_cache
+from hybridrft.ops import MaskTotals, shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy
 from hybridrft.rewards import combine_rewards, get_reward, reward_counters
 from hybridrft.rollout import (
-    HFSampler,
     RolloutBatch,
     SamplingParams,
     build_rollout_batch,
+    build_sampler,
     encode_prompts,
+    group_micro_batches,
     length_sorted_micro_batches,
 )
 from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -65,6 +67,13 @@ class TrainResult:
     steps: int
     evals: dict[int, EvalResult] = field(default_factory=dict)  # step -> held-out result
     final_model: Path | None = None
+
+
+def _synchronized_clock(device: torch.device) -> float:
+    """``perf_counter`` after the device's queued work is done (GPU kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def seed_everything(seed: int) -> None:
@@ -124,6 +133,7 @@ class Trainer:
             )
         elif resume_from:
             model.load_state_dict(load_policy(policy_source).state_dict())
+        allow_checkpointed_cache(model)  # the shared-prompt forward's caches are safe to replay
         self.objective = build_objective(config)
         self.reference = None
         if self.objective.needs_reference:
@@ -151,6 +161,7 @@ class Trainer:
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
+            fused=True,  # one kernel per parameter: 0.17 s instead of 0.6 s per SmolLM2 step on 2 CPU cores
         )
         # the scheduler is stepped by us once per optimisation step (not handed to accelerate,
         # which would step it once per process)
@@ -160,7 +171,9 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
-        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=config.rollout.generation_batch_size)
+        self.sampler = build_sampler(
+            config.rollout.backend, self.policy, self.tokenizer, batch_size=config.rollout.generation_batch_size
+        )
 
         self.step = 0
         self.data_cursor = 0  # prompts consumed so far; the order is a seeded permutation per epoch
@@ -199,12 +212,12 @@ class Trainer:
         out = []
         for position in range(self.data_cursor, self.data_cursor + count):
             epoch, offset = divmod(position, size)
-            out.append(self._epoch_order(epoch)[offset])
+            out.append(self.epoch_order(epoch)[offset])
         self.data_cursor += count
         return out
 
-    def _epoch_order(self, epoch: int) -> list[int]:
-        """The seeded permutation of the training set for ``epoch`` (kept for the current epoch)."""
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The order in which epoch ``epoch`` visits the training set: a seeded permutation of its indices."""
         if self._order_epoch != epoch:
             generator = torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)
             self._order, self._order_epoch = torch.randperm(len(self.train_set), generator=generator).tolist(), epoch
@@ -325,28 +338,31 @@ class Trainer:
         masks[ALL_ROLLOUTS] = rollout_mask(batch)  # for the entropy diagnostics of every method
         masks[ALL_DEMOS] = demo_mask(batch)
         totals = BatchTotals({name: self._global_totals(mask) for name, mask in masks.items()})
-        micro_batches = length_sorted_micro_batches(batch.sequence_lengths, self.config.train.micro_batch_size)
+        micro_batches = self._micro_batches(batch)
         entropy_masks = self.objective.entropy_means_needed(plan)
         if entropy_masks:  # batch-granularity weights need the whole batch's entropy first
             totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, masks, totals)
 
         device = self.accelerator.device
         scale = float(self.accelerator.num_processes)  # DDP averages gradients; our totals are global
-        sums: dict[str, float] = {"loss": 0.0}
+        sums: dict[str, float] = {"loss": 0.0, "time/forward": 0.0, "time/backward": 0.0}
         for k, index in enumerate(micro_batches):
             micro = batch.select(index).to(device)
             if self.reference is not None:
                 with torch.no_grad():
-                    micro.ref_logp, _ = token_logprobs_and_entropy(
-                        self.reference, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
-                    )
+                    micro.ref_logp = self._forward(micro, self.reference).logp
             last = k == len(micro_batches) - 1
             # gradients are all-reduced once per step, on the last micro-batch
             with nullcontext() if last else self.accelerator.no_sync(self.model):
+                t_forward = time.perf_counter()
                 out = self._forward(micro)
                 loss, term_metrics = self.objective.loss(micro, out, totals, plan)
+                loss_value = float(loss.detach())  # also waits for an accelerator, so the split below is honest
+                t_backward = time.perf_counter()
                 self.accelerator.backward(loss * scale)
-            sums["loss"] += float(loss.detach())
+            sums["time/forward"] += t_backward - t_forward
+            sums["time/backward"] += _synchronized_clock(device) - t_backward
+            sums["loss"] += loss_value
             for name, value in term_metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             # entropy diagnostics: token means over rollouts and over demonstrations
@@ -360,18 +376,31 @@ class Trainer:
 
     def optimizer_step(self, step: int, plan: StepPlan) -> dict[str, float]:
         """Steps 7-8: record the pre-clip gradient norm, clip, AdamW and LR schedule, tell the objective."""
+        t_start = time.perf_counter()
         grad_norm = self._clip_gradients()
         metrics = {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        metrics["time/optimizer"] = _synchronized_clock(self.accelerator.device) - t_start
         metrics.update(self.objective.after_step(step, plan, grad_norm))
         return metrics
 
-    def _forward(self, micro: RolloutBatch) -> PolicyOutputs:
-        logp, entropy = token_logprobs_and_entropy(
-            self.model, micro.input_ids, micro.attention_mask, chunk_size=self.config.train.logprob_chunk_size
-        )
+    def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
+        size = self.config.train.micro_batch_size
+        if self.config.train.shared_prompt_forward:
+            return group_micro_batches(batch.group, batch.sequence_lengths, size)
+        return length_sorted_micro_batches(batch.sequence_lengths, size)
+
+    def _forward(self, micro: RolloutBatch, model=None) -> PolicyOutputs:
+        model = self.model if model is None else model
+        chunk = self.config.train.logprob_chunk_size
+        if self.config.train.shared_prompt_forward:
+            logp, entropy = shared_prompt_logprobs_and_entropy(
+                model, micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group, chunk_size=chunk
+            )
+        else:
+            logp, entropy = token_logprobs_and_entropy(model, micro.input_ids, micro.attention_mask, chunk_size=chunk)
         return PolicyOutputs(logp=logp, entropy=entropy)
 
     @torch.no_grad()
