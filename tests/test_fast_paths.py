@@ -17,6 +17,7 @@ import torch
 from conftest import build_tiny_llama, tiny_config
 
 from hybridrft.models.kv_cache import allow_checkpointed_cache
+from hybridrft.models.loading import enable_activation_checkpointing
 from hybridrft.ops import (
     chunked_logprobs_and_entropy,
     logprobs_and_entropy_from_logits,
@@ -44,7 +45,7 @@ def test_shared_prompt_forward_matches_full_forward(tiny_tokenizer, checkpointin
     batch = _batch(tiny_tokenizer)
     model = build_tiny_llama(tiny_tokenizer).train()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     allow_checkpointed_cache(model)
     weights = torch.randn(batch.input_ids.shape)
     mask = batch.loss_mask
@@ -75,21 +76,28 @@ def test_shared_prompt_forward_rejects_groups_with_different_prompts(tiny_tokeni
         )
 
 
-def test_chunked_projection_matches_full_logits():
+@pytest.mark.parametrize("terms", ["logp+entropy", "logp", "entropy"])
+def test_chunked_projection_matches_full_logits(terms):
     torch.manual_seed(0)
     hidden = torch.randn(3, 11, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
+    bias = torch.randn(50, requires_grad=True)
     targets = torch.randint(0, 50, (3, 11))
     coeff_logp, coeff_entropy = torch.randn(3, 11), torch.randn(3, 11)
 
     def run(fn):
-        hidden.grad = weight.grad = None
+        hidden.grad = weight.grad = bias.grad = None
         logp, entropy = fn()
-        ((logp * coeff_logp).sum() + (entropy * coeff_entropy).sum()).backward()
-        return logp.detach(), entropy.detach(), hidden.grad.clone(), weight.grad.clone()
+        loss = 0
+        if "logp" in terms:
+            loss = loss + (logp * coeff_logp).sum()
+        if "entropy" in terms:
+            loss = loss + (entropy * coeff_entropy).sum()
+        loss.backward()
+        return logp.detach(), entropy.detach(), hidden.grad.clone(), weight.grad.clone(), bias.grad.clone()
 
-    reference = run(lambda: logprobs_and_entropy_from_logits(hidden @ weight.T, targets))
-    chunked = run(lambda: chunked_logprobs_and_entropy(hidden, weight, targets, chunk_size=4))
+    reference = run(lambda: logprobs_and_entropy_from_logits(hidden @ weight.T + bias, targets))
+    chunked = run(lambda: chunked_logprobs_and_entropy(hidden, weight, targets, bias=bias, chunk_size=4))
     for got, want in zip(chunked, reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

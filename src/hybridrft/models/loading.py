@@ -153,7 +153,7 @@ def load_policy(
     if getattr(model, "hf_quantizer", None) is not None:
         clear_quantization_flags(model)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     return model
 
@@ -165,3 +165,12 @@ def save_policy(model, tokenizer, path: str | Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Checkpoint every decoder layer, non-reentrant (which the shared-prompt forward relies on)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
