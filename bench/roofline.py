@@ -79,7 +79,7 @@ def training_step_mfu(model_name: str, repeats: int, peak: float, workdir: Path,
         "reward.weights=[1.0]", f"train.micro_batch_size={micro_batch}", f"train.output_dir={workdir}/mfu",
         "train.overwrite=true", "train.prompts_per_step=16", "eval.size=0", "eval.at_start=false",
     ])
-    examples = [Example(id=str(i), prompt=f"problem {i}", answer="1") for i in range(rows)]
+    examples = [Example(id=str(i), prompt=f"problem {i}", demonstrations=[], answer="1") for i in range(rows)]
     trainer = Trainer(config, train_examples=examples, eval_examples=[])
     vocab = trainer.policy.config.vocab_size
     generator = torch.Generator().manual_seed(0)

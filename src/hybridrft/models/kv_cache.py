@@ -14,14 +14,14 @@ works unchanged:
 * ``decode_cache(prefix, capacity)`` holds keys and values for sampling in buffers allocated once,
   written in place at each step (no per-step concatenation), and drops finished rows on request.
 
-Prompts of different lengths are left-padded to a common length ``P`` inside a prefix; the caller's
-2-D attention mask marks the padding and its position ids count from each row's own prompt length.
+Prompts of different lengths are right-padded to a common length ``P`` and run as one batch; the
+rows that continue them carry a 2-D attention mask that hides the padding and position ids that
+count from each row's own prompt length, so every token sees exactly its own prompt.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [rows, kv_heads, length, head_dim]
@@ -106,24 +106,14 @@ def select_decode_rows(cache: Cache, index: torch.Tensor) -> None:
         layer.select_rows(index)
 
 
-def stack_prefixes(prompts: list[list[LayerKV]], rows_per_prompt: list[int]) -> tuple[list[LayerKV], int]:
-    """One left-padded prefix for a batch of rows from the per-prompt caches of several prompts.
+def expand_prefix(prompts: list[LayerKV], rows_per_prompt: torch.Tensor) -> list[LayerKV]:
+    """Per-layer keys and values of a batch of prompts, repeated for the rows that continue each.
 
-    ``prompts[i]`` holds prompt ``i``'s keys and values (batch dimension 1) and ``rows_per_prompt[i]``
-    says how many consecutive rows attend to it. Returns the per-layer ``[rows, heads, P, d]`` pairs
-    and ``P``, the longest prompt. Differentiable: gradients flow back to every prompt pass.
+    ``prompts`` holds one ``[prompts, heads, P, d]`` pair per layer (a ``capture_cache`` of a
+    right-padded prompt pass) and ``rows_per_prompt[i]`` says how many consecutive rows continue
+    prompt ``i``. Differentiable: gradients from every row flow back into the prompt pass.
     """
-    width = max(kv[0][0].shape[-2] for kv in prompts)
-    stacked = []
-    for layer in range(len(prompts[0])):
-        keys, values = [], []
-        for kv, rows in zip(prompts, rows_per_prompt):
-            k, v = kv[layer]
-            pad = width - k.shape[-2]
-            keys.append(F.pad(k, (0, 0, pad, 0)).expand(rows, -1, -1, -1))
-            values.append(F.pad(v, (0, 0, pad, 0)).expand(rows, -1, -1, -1))
-        stacked.append((torch.cat(keys), torch.cat(values)))
-    return stacked, width
+    return [(k.repeat_interleave(rows_per_prompt, dim=0), v.repeat_interleave(rows_per_prompt, dim=0)) for k, v in prompts]
 
 
 def allow_checkpointed_cache(model: torch.nn.Module) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hybridrft.models.kv_cache import capture_cache, captured, prefix_cache, stack_prefixes
+from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache
 
 
 def logprobs_and_entropy_from_logits(
@@ -163,8 +163,8 @@ def shared_prompt_logprobs_and_entropy(
     """``token_logprobs_and_entropy`` for rows that share prompts, running each prompt once.
 
     Rows with the same ``group`` must hold the same prompt (the tokens before their first
-    ``loss_mask`` position). Each distinct prompt goes through the decoder once, with batch 1; the
-    completions then go through it together, attending to the prompts' keys and values
+    ``loss_mask`` position). The distinct prompts go through the decoder once, as one batch; the
+    completions then go through it together, each attending to its prompt's keys and values
     (``models.kv_cache``), and only completion positions are projected onto the vocabulary. The
     outputs line up with ``input_ids`` like ``token_logprobs_and_entropy``'s and agree with it on
     every ``loss_mask`` position (prompt and padding positions are 0); gradients reach the prompt
@@ -176,38 +176,38 @@ def shared_prompt_logprobs_and_entropy(
     completion_lengths = loss_mask.sum(-1)
     prompt_lengths = attention_mask.sum(-1) - completion_lengths
 
-    # rows of a group must be consecutive for the stacked prefix: order them by group
+    # rows of a group must be consecutive for the expanded prefix: order them by group
     order = torch.argsort(group, stable=True)
-    groups, counts = torch.unique_consecutive(group[order], return_counts=True)
-    firsts = torch.cumsum(counts, 0) - counts
-    prompt_kv, last_hidden = [], []
-    for first, count in zip(order[firsts].tolist(), counts.tolist()):
-        length = int(prompt_lengths[first])
-        prompt = input_ids[first, :length]
-        cache = capture_cache()
-        hidden = decoder(input_ids=prompt[None], past_key_values=cache, use_cache=False).last_hidden_state
-        prompt_kv.append(captured(cache))
-        last_hidden.append(hidden[:, -1:].expand(count, -1, -1))
+    _, counts = torch.unique_consecutive(group[order], return_counts=True)
+    firsts = order[torch.cumsum(counts, 0) - counts]  # one row per distinct prompt
     _check_shared_prompts(input_ids, prompt_lengths, order, counts)
-    prefix, prefix_width = stack_prefixes(prompt_kv, counts.tolist())
 
-    # the completions of the ordered rows, right-padded, with each row's own positions
+    # 1. the distinct prompts, right-padded, in one pass that records their keys and values
+    prompt_width = int(prompt_lengths[firsts].max())
+    positions = torch.arange(prompt_width, device=input_ids.device)
+    prompt_mask = positions[None] < prompt_lengths[firsts][:, None]
+    prompt_ids = input_ids[firsts, :prompt_width].masked_fill(~prompt_mask, 0)
+    cache = capture_cache()
+    prompt_hidden = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.long(), past_key_values=cache, use_cache=False).last_hidden_state
+    last_hidden = prompt_hidden[torch.arange(len(firsts), device=input_ids.device), prompt_lengths[firsts] - 1]
+    prefix = expand_prefix(captured(cache), counts)
+
+    # 2. the completions of the ordered rows, right-padded, each at its own positions after its prompt
     ordered_prompt = prompt_lengths[order]
     longest = int(completion_lengths.max())
     offsets = torch.arange(longest, device=input_ids.device)
     columns = (ordered_prompt[:, None] + offsets).clamp(max=width - 1)
     completion_mask = offsets[None] < completion_lengths[order][:, None]
     completion_ids = input_ids[order].gather(1, columns).masked_fill(~completion_mask, 0)
-    prefix_mask = torch.arange(prefix_width, device=input_ids.device)[None] >= (prefix_width - ordered_prompt)[:, None]
     hidden = decoder(
         input_ids=completion_ids,
-        attention_mask=torch.cat([prefix_mask, completion_mask], dim=1).long(),
+        attention_mask=torch.cat([prompt_mask.repeat_interleave(counts, dim=0), completion_mask], dim=1).long(),
         position_ids=ordered_prompt[:, None] + offsets,
         past_key_values=prefix_cache(prefix),
         use_cache=False,  # the caches are passed in and read (or recorded) all the same
     ).last_hidden_state
     # position j of a completion is predicted by the hidden state before it
-    predicting = torch.cat([torch.cat(last_hidden), hidden[:, :-1]], dim=1)
+    predicting = torch.cat([last_hidden.repeat_interleave(counts, dim=0)[:, None], hidden[:, :-1]], dim=1)
     logp, entropy = chunked_logprobs_and_entropy(
         predicting[completion_mask][None], head.weight, completion_ids[completion_mask][None],
         bias=head.bias, chunk_size=chunk_size,

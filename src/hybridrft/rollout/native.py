@@ -3,8 +3,8 @@
 Three things make it cheaper than ``transformers.generate`` on the same model for the same samples:
 
 1. **One prompt pass per prompt.** The ``n`` samples of a prompt share its keys and values: the
-   prompt is run once (batch 1) and its cache is broadcast to the ``n`` rows, instead of running
-   ``n`` identical copies of it.
+   distinct prompts run once, as one right-padded batch, and each cache is repeated for its ``n``
+   rows, instead of running ``n`` identical copies of every prompt.
 2. **No per-step concatenation.** Keys and values live in buffers sized once for the longest
    possible sequence and are written in place (``models.kv_cache.decode_cache``).
 3. **Finished rows leave the batch.** When a quarter of the rows have emitted EOS, the batch is
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hybridrft.models.kv_cache import capture_cache, captured, decode_cache, select_decode_rows, stack_prefixes
+from hybridrft.models.kv_cache import capture_cache, captured, decode_cache, expand_prefix, select_decode_rows
 from hybridrft.rollout.sampler import Completion, SamplingParams, eos_token_ids
 
 COMPACT_WHEN_FINISHED = 0.25  # compact once this fraction of the rows in the batch has finished
@@ -119,32 +119,35 @@ class NativeSampler:
         return out
 
     def _generate_chunk(self, prompts, chunk, params, generator, device) -> list[Completion]:
-        # 1. one pass per distinct prompt; its last position's logits give every row's first token
-        per_prompt, first_logits = [], []
-        for index, rows in chunk:
-            cache = capture_cache()
-            ids = torch.tensor([prompts[index]], dtype=torch.long, device=device)
-            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            per_prompt.append(captured(cache))
-            first_logits.append(logits[:, -1].expand(rows, -1))
-        rows_per_prompt = [rows for _, rows in chunk]
-        prefix, width = stack_prefixes(per_prompt, rows_per_prompt)
+        # 1. the distinct prompts in one right-padded pass; the hidden state at each prompt's last
+        #    token gives the first-token distribution that all of its rows sample from
+        counts = torch.tensor([rows for _, rows in chunk], device=device)
+        lengths = torch.tensor([len(prompts[index]) for index, _ in chunk], device=device)
+        width = int(lengths.max())
+        prompt_mask = torch.arange(width, device=device)[None] < lengths[:, None]
+        ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
+        for k, (index, _) in enumerate(chunk):
+            ids[k, : len(prompts[index])] = torch.tensor(prompts[index], device=device)
+        cache = capture_cache()
+        hidden = self.model.get_decoder()(
+            input_ids=ids, attention_mask=prompt_mask.long(), past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        last = hidden[torch.arange(len(chunk), device=device), lengths - 1]
+        logits = self.model.get_output_embeddings()(last).repeat_interleave(counts, dim=0)
         budget = params.max_new_tokens
-        cache = decode_cache(prefix, capacity=width + budget)
-        del prefix, per_prompt
+        cache = decode_cache(expand_prefix(captured(cache), counts), capacity=width + budget)
 
-        # 2. per-row state: attention mask over [left padding | prompt | generated], position of the next token
+        # 2. per-row state: attention mask over [prompt | its padding | generated], next position
         prompt_index = [index for index, rows in chunk for _ in range(rows)]
-        prompt_lengths = torch.tensor([len(prompts[i]) for i in prompt_index], device=device)
+        prompt_lengths = lengths.repeat_interleave(counts)
         total = len(prompt_index)
         mask = torch.zeros(total, width + budget, dtype=torch.long, device=device)
-        mask[:, :width] = (torch.arange(width, device=device)[None] >= (width - prompt_lengths)[:, None]).long()
+        mask[:, :width] = prompt_mask.repeat_interleave(counts, dim=0)
         rows = torch.arange(total, device=device)  # original row of each row still in the batch
         tokens: list[list[int]] = [[] for _ in range(total)]
         done = [False] * total
         eos = torch.tensor(self.eos_ids, device=device)
 
-        logits = torch.cat(first_logits)
         for t in range(budget):
             chosen = next_tokens(logits, params, generator)
             finished = torch.isin(chosen, eos)
