@@ -45,6 +45,7 @@ from hybridrft.rollout import (
 )
 from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from hybridrft.train.logging import MetricsLogger, StepProgress
+from hybridrft.train.memory import return_freed_blocks_at_once
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,13 @@ class Trainer:
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
         )
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        for param in self.model.parameters():  # allocated once, together, before any activation
+            if param.requires_grad:
+                param.grad = torch.zeros_like(param)
         if self.reference is not None:
             self.reference.to(self.accelerator.device)
+        if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
+            return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
         self.sampler = build_sampler(
             config.rollout.backend, self.policy, self.tokenizer, batch_size=config.rollout.generation_batch_size
         )
@@ -381,7 +387,9 @@ class Trainer:
         metrics = {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # zeroed in place, not freed: gradient buffers reallocated every step among the backward's
+        # temporaries fragment the heap (about 0.5 GB more peak memory for SmolLM2 on CPU)
+        self.optimizer.zero_grad(set_to_none=False)
         metrics["time/optimizer"] = _synchronized_clock(self.accelerator.device) - t_start
         metrics.update(self.objective.after_step(step, plan, grad_norm))
         return metrics
