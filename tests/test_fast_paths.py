@@ -97,7 +97,7 @@ def test_chunked_projection_matches_full_logits(terms):
         return logp.detach(), entropy.detach(), hidden.grad.clone(), weight.grad.clone(), bias.grad.clone()
 
     reference = run(lambda: logprobs_and_entropy_from_logits(hidden @ weight.T + bias, targets))
-    chunked = run(lambda: chunked_logprobs_and_entropy(hidden, weight, targets, bias=bias, chunk_size=4))
+    chunked = run(lambda: chunked_logprobs_and_entropy(hidden, weight, targets, bias=bias, chunk_size=4, vocab_tile=16))
     for got, want in zip(chunked, reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -266,7 +266,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: Optional[float] = 1.0  # None: no clipping (the norm is still recorded)
     seed: int = 0
-    logprob_chunk_size: int = 512  # token positions projected onto the vocabulary at once
+    logprob_chunk_size: int = 1024  # token positions projected onto the vocabulary at once (in 8192-column tiles)
     shared_prompt_forward: bool = True  # run each prompt once per micro-batch; its completions attend to it
     save_every: int = 0  # 0: save only at the end
     keep_checkpoints: int = 2

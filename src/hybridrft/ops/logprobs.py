@@ -31,76 +31,99 @@ def logprobs_and_entropy_from_logits(
     return token_logp, entropy
 
 
-class _VocabProjection(torch.autograd.Function):
-    """``log softmax(h W^T + b)[target]`` and the entropy, ``chunk_size`` rows at a time.
+VOCAB_TILE = 8192  # vocabulary columns per matmul: 8192 x 576 fp32 tiles run ~20% faster than one 49k-wide product
 
-    Forward keeps only the per-row log-normaliser and entropy; backward rebuilds each chunk's
-    logits and forms the logits gradient in place,
+
+class _VocabProjection(torch.autograd.Function):
+    """``log softmax(h W^T + b)[target]`` and the entropy, ``chunk_size`` rows by ``VOCAB_TILE`` columns at a time.
+
+    Forward folds each tile of logits into running per-row statistics (max ``m``, ``s = sum e^(z-m)``,
+    ``t = sum e^(z-m) z``), so ``log Z = m + log s`` and ``H = log Z - t / s``, and keeps only
+    ``log Z`` and ``H`` for backward. Backward rebuilds each tile and forms the logits gradient in place,
 
         dL/dz_v = g_logp * (1[v = target] - p_v) - g_H * p_v * (log p_v + H),
 
-    then multiplies it into the hidden and weight gradients. Compared with autograd over
-    ``log_softmax`` under checkpointing this makes about half as many passes over each
-    ``[chunk, V]`` block and allocates two such blocks at most.
+    then multiplies it into the hidden and weight gradients. No ``[rows, V]`` block ever exists, and
+    each tile stays small enough for the matmul and the elementwise passes to run near full speed.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, vocab_tile):
         ctx.set_materialize_grads(False)
-        rows = hidden.shape[0]
+        rows, vocab = hidden.shape[0], weight.shape[0]
         logp = torch.empty(rows, device=hidden.device, dtype=torch.float32)
         entropy, log_norm = torch.empty_like(logp), torch.empty_like(logp)
         for start in range(0, rows, chunk_size):
             end = min(start + chunk_size, rows)
-            logits = F.linear(hidden[start:end], weight, bias).float()
-            norm = torch.logsumexp(logits, dim=-1)
-            log_probs = logits.sub_(norm[:, None])
-            probs = log_probs.exp()
-            entropy[start:end] = -(probs.unsqueeze(1) @ log_probs.unsqueeze(2)).view(-1)  # a dot product per row
-            logp[start:end] = log_probs.gather(1, targets[start:end, None]).view(-1)
+            h, target = hidden[start:end], targets[start:end]
+            running_max = torch.full((end - start,), -torch.inf, device=hidden.device)
+            sum_exp, sum_exp_z, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max), torch.zeros_like(running_max)
+            for lo in range(0, vocab, vocab_tile):
+                hi = min(lo + vocab_tile, vocab)
+                z = F.linear(h, weight[lo:hi], None if bias is None else bias[lo:hi]).float()
+                new_max = torch.maximum(running_max, z.amax(-1))
+                rescale = torch.exp(running_max - new_max)
+                e = torch.exp(z - new_max[:, None])
+                sum_exp.mul_(rescale).add_(e.sum(-1))
+                sum_exp_z.mul_(rescale).add_((e.unsqueeze(1) @ z.unsqueeze(2)).view(-1))
+                running_max = new_max
+                inside = (target >= lo) & (target < hi)
+                picked = z.gather(1, (target - lo).clamp(0, hi - lo - 1)[:, None]).view(-1)
+                target_logit = torch.where(inside, picked, target_logit)
+            norm = running_max + sum_exp.log()
+            logp[start:end] = target_logit - norm
+            entropy[start:end] = norm - sum_exp_z / sum_exp
             log_norm[start:end] = norm
         ctx.save_for_backward(hidden, weight, bias, targets, log_norm, entropy)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.vocab_tile = chunk_size, vocab_tile
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, targets, log_norm, entropy = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        if grad_logp is None and grad_entropy is None:
+            return (None,) * 6
+        grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_weight else None
         grad_bias = torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if need_bias else None
-        if grad_logp is None and grad_entropy is None:
-            return (None,) * 5
-        rows, chunk = hidden.shape[0], ctx.chunk_size
-        for start in range(0, rows, chunk):
-            end = min(start + chunk, rows)
-            h = hidden[start:end]
-            log_probs = F.linear(h, weight, bias).float().sub_(log_norm[start:end, None])
-            probs = log_probs.exp()
-            # reuse the log-prob block for the gradient: -p * (g_logp + g_H * (log p + H)) + g_logp * onehot
-            grad = log_probs
-            if grad_entropy is not None:
-                grad.add_(entropy[start:end, None]).mul_(grad_entropy[start:end, None].float())
-                if grad_logp is not None:
-                    grad.add_(grad_logp[start:end, None].float())
-            else:
-                grad.copy_(grad_logp[start:end, None].float().expand_as(grad))
-            grad.mul_(probs).neg_()
-            del probs
-            if grad_logp is not None:
-                grad.scatter_add_(1, targets[start:end, None], grad_logp[start:end, None].float())
-            grad = grad.to(weight.dtype)
-            if need_hidden:
-                grad_hidden[start:end] = grad @ weight
-            if need_weight:
-                grad_weight.addmm_(grad.T.float(), h.float())
-            if need_bias:
-                grad_bias += grad.float().sum(0)
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        for start in range(0, rows, ctx.chunk_size):
+            end = min(start + ctx.chunk_size, rows)
+            h, target = hidden[start:end], targets[start:end]
+            norm, ent = log_norm[start:end, None], entropy[start:end, None]
+            g_logp = None if grad_logp is None else grad_logp[start:end, None].float()
+            g_ent = None if grad_entropy is None else grad_entropy[start:end, None].float()
+            for lo in range(0, vocab, ctx.vocab_tile):
+                hi = min(lo + ctx.vocab_tile, vocab)
+                w = weight[lo:hi]
+                log_probs = F.linear(h, w, None if bias is None else bias[lo:hi]).float().sub_(norm)
+                probs = log_probs.exp()
+                # the log-prob tile becomes the gradient tile: -p * (g_logp + g_H * (log p + H)) + g_logp * onehot
+                grad = log_probs
+                if g_ent is not None:
+                    grad.add_(ent).mul_(g_ent)
+                    if g_logp is not None:
+                        grad.add_(g_logp)
+                else:
+                    grad.copy_(g_logp.expand_as(grad))
+                grad.mul_(probs).neg_()
+                del probs
+                if g_logp is not None:
+                    inside = (target >= lo) & (target < hi)
+                    grad.scatter_add_(1, (target - lo).clamp(0, hi - lo - 1)[:, None], g_logp * inside[:, None])
+                grad = grad.to(weight.dtype)
+                if need_hidden:
+                    grad_hidden[start:end].addmm_(grad.float(), w.float())
+                if need_weight:
+                    grad_weight[lo:hi].addmm_(grad.T.float(), h.float())
+                if need_bias:
+                    grad_bias[lo:hi] += grad.float().sum(0)
         return (
-            grad_hidden,
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
             None,
             None,
         )
@@ -112,17 +135,18 @@ def chunked_logprobs_and_entropy(
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
-    chunk_size: int = 512,
+    chunk_size: int = 1024,
+    vocab_tile: int = VOCAB_TILE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project ``hidden [B, T, D]`` through ``weight [V, D]``, ``chunk_size`` positions at a time.
 
     Returns ``(logp [B, T], entropy [B, T])`` in float32 for the given ``targets [B, T]``. At most
-    ``chunk_size x V`` logits exist at once, in the forward and in the backward (which rebuilds
-    them; see ``_VocabProjection``).
+    ``chunk_size x vocab_tile`` logits exist at once, in the forward and in the backward (which
+    rebuilds them; see ``_VocabProjection``).
     """
     batch, length, dim = hidden.shape
     logp, entropy = _VocabProjection.apply(
-        hidden.reshape(-1, dim), weight, bias, targets.reshape(-1), max(1, chunk_size)
+        hidden.reshape(-1, dim), weight, bias, targets.reshape(-1), max(1, chunk_size), max(1, vocab_tile)
     )
     return logp.view(batch, length), entropy.view(batch, length)
 
@@ -132,7 +156,7 @@ def token_logprobs_and_entropy(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
-    chunk_size: int = 512,
+    chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob and entropy of each next token under a Hugging Face causal LM.
 
@@ -158,7 +182,7 @@ def shared_prompt_logprobs_and_entropy(
     loss_mask: torch.Tensor,
     group: torch.Tensor,
     *,
-    chunk_size: int = 512,
+    chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logprobs_and_entropy`` for rows that share prompts, running each prompt once.
 
