@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from hybridrft.models.kv_cache import capture_cache, captured, decode_cache, expand_prefix, select_decode_rows
-from hybridrft.rollout.sampler import Completion, SamplingParams, eos_token_ids
+from hybridrft.rollout.sampler import Completion, SamplingParams, TokenSampler
 
 COMPACT_WHEN_FINISHED = 0.25  # compact once this fraction of the rows in the batch has finished
 
@@ -78,15 +78,8 @@ def weight_major_linears(model: torch.nn.Module):
             del m.forward
 
 
-class NativeSampler:
+class NativeSampler(TokenSampler):
     """Sample ``n`` completions per prompt with a shared prompt pass and a compacting KV cache."""
-
-    def __init__(self, model, tokenizer, *, batch_size: int = 64):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.eos_ids = eos_token_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
@@ -172,17 +165,4 @@ class NativeSampler:
                 use_cache=True,
             ).logits[:, -1]
 
-        completions = []
-        for row, index in enumerate(prompt_index):
-            ids = tokens[row]
-            ended = bool(ids) and ids[-1] in self.eos_ids
-            completions.append(
-                Completion(
-                    prompt_index=index,
-                    token_ids=ids,
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    finished=ended,
-                    truncated=not ended and len(ids) >= budget,
-                )
-            )
-        return completions
+        return [self.completion(index, tokens[row], budget) for row, index in enumerate(prompt_index)]

@@ -31,13 +31,9 @@ class Sampler(Protocol):
         ...
 
 
-class HFSampler:
-    """Batched sampling with ``model.generate`` on the policy being trained.
-
-    Prompts arrive as token ids; they are left-padded per generation batch. Sampling is seeded per
-    call, so a step's rollouts depend only on the weights and the seed (which makes resumed runs
-    reproduce the rollouts of a straight run).
-    """
+class TokenSampler:
+    """What every sampler here shares: the model, its EOS and padding ids, and how token ids become a
+    ``Completion`` (cut after the first EOS, decoded, marked finished or truncated)."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64):
         self.model = model
@@ -45,6 +41,26 @@ class HFSampler:
         self.batch_size = batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def completion(self, prompt_index: int, token_ids: list[int], max_new_tokens: int) -> Completion:
+        end = next((k for k, t in enumerate(token_ids) if t in self.eos_ids), None)
+        tokens = token_ids if end is None else token_ids[: end + 1]
+        return Completion(
+            prompt_index=prompt_index,
+            token_ids=tokens,
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            finished=end is not None,
+            truncated=end is None and len(tokens) >= max_new_tokens,
+        )
+
+
+class HFSampler(TokenSampler):
+    """Batched sampling with ``model.generate`` on the policy being trained.
+
+    Prompts arrive as token ids; they are left-padded per generation batch. Sampling is seeded per
+    call, so a step's rollouts depend only on the weights and the seed (which makes resumed runs
+    reproduce the rollouts of a straight run).
+    """
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
@@ -82,20 +98,7 @@ class HFSampler:
             use_cache=True,
             **sampling,
         )[:, width:].cpu()
-        completions = []
-        for row, index in zip(generated.tolist(), prompt_index):
-            end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-            tokens = row if end is None else row[: end + 1]
-            completions.append(
-                Completion(
-                    prompt_index=index,
-                    token_ids=tokens,
-                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                    finished=end is not None,
-                    truncated=end is None and len(tokens) >= params.max_new_tokens,
-                )
-            )
-        return completions
+        return [self.completion(index, row, params.max_new_tokens) for row, index in zip(generated.tolist(), prompt_index)]
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
