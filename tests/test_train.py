@@ -100,6 +100,10 @@ def _comparable(records):
 @pytest.mark.parametrize("method", ["sasr", "srft"])
 def test_resume_continues_exactly(method, tiny_model_dir, tmp_path):
     overrides = [f"method={method}", "train.max_steps=4", "train.lr_scheduler=cosine", "train.lr_warmup_steps=1"]
+    if torch.cuda.is_available():
+        # the shared-prompt forward's masked attention has a backward that sums with atomic adds on
+        # CUDA, so there a resumed run matches a straight one to about 1e-8, not bit for bit
+        overrides.append("train.shared_prompt_forward=false")
     straight = Trainer(tiny_config(tiny_model_dir, tmp_path / "straight", *overrides))
     straight.train()
 

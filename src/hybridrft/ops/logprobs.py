@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache
+from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache, repeat_rows
 
 
 def logprobs_and_entropy_from_logits(
@@ -231,7 +231,7 @@ def shared_prompt_logprobs_and_entropy(
         use_cache=False,  # the caches are passed in and read (or recorded) all the same
     ).last_hidden_state
     # position j of a completion is predicted by the hidden state before it
-    predicting = torch.cat([last_hidden.repeat_interleave(counts, dim=0)[:, None], hidden[:, :-1]], dim=1)
+    predicting = torch.cat([repeat_rows(last_hidden, counts)[:, None], hidden[:, :-1]], dim=1)
     logp, entropy = chunked_logprobs_and_entropy(
         predicting[completion_mask][None], head.weight, completion_ids[completion_mask][None],
         bias=head.bias, chunk_size=chunk_size,
