@@ -113,17 +113,19 @@ def expand_prefix(prompts: list[LayerKV], rows_per_prompt: torch.Tensor) -> list
     right-padded prompt pass) and ``rows_per_prompt[i]`` says how many consecutive rows continue
     prompt ``i``. Differentiable: gradients from every row flow back into the prompt pass.
     """
-    return [(repeat_rows(k, rows_per_prompt), repeat_rows(v, rows_per_prompt)) for k, v in prompts]
+    counts = rows_per_prompt.tolist()  # once, not once per layer
+    return [(repeat_rows(k, counts), repeat_rows(v, counts)) for k, v in prompts]
 
 
-def repeat_rows(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def repeat_rows(x: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
     """``x.repeat_interleave(counts, dim=0)`` with a deterministic backward.
 
     ``repeat_interleave`` sums its gradient with atomic adds on GPUs, whose order varies from run
-    to run; expanding each row and concatenating sums it with an ordinary reduction instead, so a
-    resumed run on a GPU repeats a straight one bit for bit.
+    to run; expanding each row and concatenating sums it with an ordinary reduction instead. (On
+    GPUs the masked attention that reads the prefix still has an atomic backward; see docs/runs.md.)
     """
-    return torch.cat([x[i : i + 1].expand(count, *x.shape[1:]) for i, count in enumerate(counts.tolist())])
+    counts = counts.tolist() if isinstance(counts, torch.Tensor) else counts
+    return torch.cat([x[i : i + 1].expand(count, *x.shape[1:]) for i, count in enumerate(counts)])
 
 
 def allow_checkpointed_cache(model: torch.nn.Module) -> None:

@@ -99,16 +99,11 @@ class NativeSampler(TokenSampler):
                 take = min(free, remaining)
                 chunks[-1].append((index, take))
                 remaining -= take
-        was_training = self.model.training
-        self.model.eval()
         out: list[Completion] = []
-        try:
-            with weight_major_linears(self.model):
-                for chunk in chunks:
-                    if chunk:
-                        out.extend(self._generate_chunk(prompts, chunk, params, generator, device))
-        finally:
-            self.model.train(was_training)
+        with self.evaluation_mode(), weight_major_linears(self.model):
+            for chunk in chunks:
+                if chunk:
+                    out.extend(self._generate_chunk(prompts, chunk, params, generator, device))
         return out
 
     def _generate_chunk(self, prompts, chunk, params, generator, device) -> list[Completion]:
@@ -137,25 +132,23 @@ class NativeSampler(TokenSampler):
         mask = torch.zeros(total, width + budget, dtype=torch.long, device=device)
         mask[:, :width] = prompt_mask.repeat_interleave(counts, dim=0)
         rows = torch.arange(total, device=device)  # original row of each row still in the batch
+        ended = torch.zeros(total, dtype=torch.bool, device=device)  # per row in the batch: EOS emitted
         tokens: list[list[int]] = [[] for _ in range(total)]
-        done = [False] * total
         eos = torch.tensor(self.eos_ids, device=device)
 
         for t in range(budget):
             chosen = next_tokens(logits, params, generator)
-            finished = torch.isin(chosen, eos)
-            for row, token, ends in zip(rows.tolist(), chosen.tolist(), finished.tolist()):
-                if not done[row]:
+            for row, token, was_ended in zip(rows.tolist(), chosen.tolist(), ended.tolist()):
+                if not was_ended:
                     tokens[row].append(token)
-                    done[row] = ends
-            if t == budget - 1 or all(done):
+            ended |= torch.isin(chosen, eos)
+            if t == budget - 1 or bool(ended.all()):
                 break
             # 3. drop finished rows once enough of them have piled up
-            alive = torch.tensor([not done[r] for r in rows.tolist()], device=device)
-            if (~alive).sum() >= max(1, int(COMPACT_WHEN_FINISHED * len(rows))):
-                keep = alive.nonzero().squeeze(-1)
+            if int(ended.sum()) >= max(1, int(COMPACT_WHEN_FINISHED * len(rows))):
+                keep = (~ended).nonzero().squeeze(-1)
                 select_decode_rows(cache, keep)
-                rows, chosen, mask, prompt_lengths = rows[keep], chosen[keep], mask[keep], prompt_lengths[keep]
+                rows, chosen, mask, prompt_lengths, ended = rows[keep], chosen[keep], mask[keep], prompt_lengths[keep], ended[keep]
             mask[:, width + t] = 1
             logits = self.model(
                 input_ids=chosen[:, None],

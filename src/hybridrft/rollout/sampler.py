@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +43,16 @@ class TokenSampler:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
+    @contextmanager
+    def evaluation_mode(self):
+        """The model in eval mode (no dropout) while sampling, restored afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     def completion(self, prompt_index: int, token_ids: list[int], max_new_tokens: int) -> Completion:
         end = next((k for k, t in enumerate(token_ids) if t in self.eos_ids), None)
         tokens = token_ids if end is None else token_ids[: end + 1]
@@ -67,15 +78,11 @@ class HFSampler(TokenSampler):
         if seed is not None:
             torch.manual_seed(seed)
         jobs = [i for i in range(len(prompts)) for _ in range(params.n)]
-        was_training = self.model.training
-        self.model.eval()
         out: list[Completion] = []
-        try:
+        with self.evaluation_mode():
             for start in range(0, len(jobs), self.batch_size):
                 chunk = jobs[start : start + self.batch_size]
                 out.extend(self._generate_chunk([prompts[i] for i in chunk], chunk, params))
-        finally:
-            self.model.train(was_training)
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], prompt_index: list[int], params: SamplingParams) -> list[Completion]:
