@@ -20,7 +20,7 @@ method: {method}
 model: {{name_or_path: {model_dir}}}
 data: {{builtin_size: 16}}
 rollout: {{max_new_tokens: 5}}
-srft: {{num_generations: 2}}
+group: {{num_generations: 2}}
 eval: {{size: 3, max_new_tokens: 5}}
 train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, prompts_per_step: 2, micro_batch_size: 4, learning_rate: 1.0e-3}}
 """
@@ -88,7 +88,7 @@ def test_quickstart_on_the_embedded_model(tmp_path):
     result = runner.invoke(
         app,
         ["quickstart", f"train.output_dir={tmp_path / 'qs'}", "train.max_steps=2", "eval.size=8",
-         "train.prompts_per_step=2", "srft.num_generations=2", "rollout.max_new_tokens=24", "eval.max_new_tokens=24"],
+         "train.prompts_per_step=2", "group.num_generations=2", "rollout.max_new_tokens=24", "eval.max_new_tokens=24"],
     )
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output and "before (step 0)" in result.output

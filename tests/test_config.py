@@ -19,7 +19,8 @@ def test_defaults_and_typed_overrides():
     assert config.reward.functions == ["math", "format"]
     assert config.data.fields == {"prompt": "question"}
     assert config.model.gradient_checkpointing is True
-    assert config.max_completion_length == config.rollout.max_new_tokens
+    # Dr. GRPO's L_max covers demonstrations as well as rollouts
+    assert config.max_completion_length == max(config.rollout.max_new_tokens, config.data.max_demo_tokens) == 1024
 
 
 @pytest.mark.parametrize(

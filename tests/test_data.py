@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from hybridrft.data import (
     prompt_messages,
     render_prompt,
     split_holdout,
+    verl_example,
 )
 from hybridrft.data.answers import strip_calculator_marks
 
@@ -310,6 +312,9 @@ def test_detect_format():
     assert detect_format(["question", "answer"]) == "gsm8k"
     assert detect_format(["problem", "solution", "level", "type", "id"]) == "math"
     assert detect_format(["prompt", "completion"]) == "fields"
+    verl_columns = ["data_source", "prompt", "target", "ability", "reward_model", "extra_info"]
+    assert detect_format(verl_columns) == "verl"
+    assert detect_format(["prompt", "reward_model"]) == "verl"  # a validation file: no target
 
 
 def test_example_dict_round_trip():
@@ -326,6 +331,211 @@ def test_example_dict_round_trip():
         Example.from_dict({**data, "extra": 1})
     with pytest.raises(TypeError):
         Example(id="x", prompt="p", demonstrations="not a list", answer="1")
+
+
+# --- verl (LUFFY / SRFT / HPT parquet) -----------------------------------------------------------
+
+# The shape of Elliott/Openr1-Math-46k-8192 (openr1.parquet), as read by LUFFY's and
+# Unify-Post-Training's `mix_src/rl_dataset_with_target.py`.
+LUFFY_SYSTEM = "Your task is to follow a systematic, thorough reasoning process. Think first."
+
+
+def verl_row(
+    question: str,
+    target: object,
+    ground_truth: object,
+    index: int | None,
+    *,
+    system: bool = True,
+    reward_style: bool = True,
+) -> dict:
+    prompt = [{"role": "user", "content": question}]
+    if system:
+        prompt.insert(0, {"role": "system", "content": LUFFY_SYSTEM})
+    reward_model = {"ground_truth": ground_truth}
+    if reward_style:
+        reward_model["style"] = "rule"
+    return {
+        "data_source": "openr1",
+        "prompt": prompt,
+        "target": target,
+        "ability": "math",
+        "reward_model": reward_model,
+        "extra_info": {"index": index, "split": "default"},
+    }
+
+
+def assistant(content: str) -> list[dict]:
+    return [{"role": "assistant", "content": content}]
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+VERL_ROWS = [
+    verl_row(
+        "What is 1/2 + 0?",
+        assistant("<think>\nHalf plus nothing.\n</think>\n\nIt is $\\boxed{\\frac{1}{2}}$."),
+        "\\frac{1}{2}",
+        17,
+    ),
+    verl_row("What is 8*9?", assistant("8*9=72, so \\boxed{72}."), " 72 ", 3, system=False),
+    verl_row(
+        "What is 2+2?",
+        [
+            {"role": "assistant", "content": "2+2=4. \\boxed{4}"},
+            {"role": "user", "content": "Again?"},
+            {"role": "assistant", "content": "Four: \\boxed{4}"},
+        ],
+        "4",
+        None,
+    ),
+]
+
+
+def expected_verl_examples() -> list[Example]:
+    system = {"role": "system", "content": LUFFY_SYSTEM}
+    meta = {"data_source": "openr1", "ability": "math"}
+    return [
+        Example(
+            id="17",
+            prompt=[system, {"role": "user", "content": "What is 1/2 + 0?"}],
+            demonstrations=[
+                "<think>\nHalf plus nothing.\n</think>\n\nIt is $\\boxed{\\frac{1}{2}}$."
+            ],
+            answer="\\frac{1}{2}",
+            meta=meta,
+        ),
+        Example(
+            id="3",
+            prompt=[{"role": "user", "content": "What is 8*9?"}],
+            demonstrations=["8*9=72, so \\boxed{72}."],
+            answer="72",
+            meta=meta,
+        ),
+        Example(
+            id="verl-2",  # no extra_info.index: the row's position
+            prompt=[system, {"role": "user", "content": "What is 2+2?"}],
+            demonstrations=["2+2=4. \\boxed{4}", "Four: \\boxed{4}"],  # every assistant message
+            answer="4",
+            meta=meta,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("format", ["verl", "auto"])
+def test_verl_parquet_loads_as_is(tmp_path, format):
+    path = write_parquet(tmp_path / "openr1.parquet", VERL_ROWS)
+    assert load_examples(str(path), format=format) == expected_verl_examples()
+
+
+def test_verl_rows_read_through_pandas_give_the_same_examples(tmp_path):
+    """pandas gives nested columns as numpy arrays of dicts (as the reference loaders see them)."""
+    import pandas as pd
+
+    path = write_parquet(tmp_path / "openr1.parquet", VERL_ROWS)
+    records = pd.read_parquet(path).to_dict("records")
+    assert type(records[0]["prompt"]).__name__ == "ndarray"
+    examples = [verl_example(row, index) for index, row in enumerate(records)]
+    assert examples == expected_verl_examples()
+
+
+def test_verl_adapter_accepts_text_targets_and_numeric_answers():
+    row = verl_row("What is 8*9?", "8*9=72, so \\boxed{72}.", 72, 0)
+    example = verl_example(row, 0)
+    assert example.demonstrations == ["8*9=72, so \\boxed{72}."] and example.answer == "72"
+    assert verl_example({**row, "reward_model": {"ground_truth": ["72"]}}, 0).answer == "72"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (None, "field 'target' is null"),
+        ([], "field 'target' is an empty list"),
+        ("  ", "field 'target' is empty"),
+        (assistant(""), "field 'target[0].content' is empty"),
+        ([{"role": "user", "content": "hi"}], "field 'target' has no assistant message"),
+        (["just text"], "field 'target[0]' must be a chat message"),
+    ],
+)
+def test_verl_adapter_rejects_bad_targets(target, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        verl_example(verl_row("q?", target, "1", 0), 0)
+
+
+@pytest.mark.parametrize(
+    ("reward_model", "message"),
+    [
+        ({"style": "rule"}, "field 'reward_model.ground_truth' is missing"),
+        ({"ground_truth": " ", "style": "rule"}, "field 'reward_model.ground_truth' is empty"),
+        ({"ground_truth": ["1", "2"]}, "field 'reward_model.ground_truth' holds 2 answers"),
+        (None, "field 'reward_model' must be a dict"),
+    ],
+)
+def test_verl_adapter_rejects_bad_ground_truth(reward_model, message):
+    row = {**verl_row("q?", assistant("\\boxed{1}"), "1", 0), "reward_model": reward_model}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        verl_example(row, 0)
+
+
+@pytest.mark.parametrize(
+    ("broken_row", "message"),
+    [
+        (
+            verl_row("q?", assistant(""), "1", 1),
+            "bad.parquet, row 2: field 'target[0].content' is empty",
+        ),
+        (
+            verl_row("q?", assistant("\\boxed{1}"), None, 1),
+            "bad.parquet, row 2: field 'reward_model.ground_truth' is missing",
+        ),
+    ],
+)
+def test_verl_bad_row_names_file_row_and_field(tmp_path, broken_row, message):
+    path = write_parquet(tmp_path / "bad.parquet", [VERL_ROWS[0], broken_row, VERL_ROWS[1]])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_examples(str(path), format="verl")
+
+
+def test_verl_bad_rows_are_skipped_and_counted(tmp_path, caplog):
+    rows = [
+        VERL_ROWS[0],
+        verl_row("q?", assistant(""), "1", 1),
+        {**verl_row("q?", assistant("\\boxed{1}"), "1", 2), "reward_model": {"style": "rule"}},
+        VERL_ROWS[1],
+    ]
+    path = write_parquet(tmp_path / "bad.parquet", rows)
+    with caplog.at_level(logging.WARNING, logger=LOADER_LOGGER):
+        examples = load_examples(str(path), on_error="skip")
+    assert examples == expected_verl_examples()[:2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"skipped 2 of 4 rows in {path}" in warnings[0]
+    assert "row 2: field 'target[0].content' is empty" in warnings[0]
+    assert "row 3: field 'reward_model.ground_truth' is missing" in warnings[0]
+
+
+def test_verl_file_without_target_is_evaluation_data(tmp_path):
+    """verl's validation parquets have no target column: prompts and answers, no demonstrations."""
+    rows = [{k: v for k, v in row.items() if k != "target"} for row in VERL_ROWS]
+    path = write_parquet(tmp_path / "valid.parquet", rows)
+    examples = load_examples(str(path))
+    expected = [replace(ex, demonstrations=[]) for ex in expected_verl_examples()]
+    assert examples == expected
+
+
+def test_verl_jsonl_row_that_lost_its_target_is_an_error(tmp_path):
+    """In a source whose first row has a target, a later row without one is not evaluation data."""
+    without_target = {k: v for k, v in VERL_ROWS[1].items() if k != "target"}
+    lines = [json.dumps(VERL_ROWS[0]), json.dumps(without_target)]
+    path = write_jsonl(tmp_path / "train.jsonl", lines)
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: missing field 'target'"):
+        load_examples(str(path))
 
 
 # --- holdout -------------------------------------------------------------------------------------

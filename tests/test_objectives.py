@@ -29,13 +29,23 @@ def make_batch(loss_mask_rows, *, is_demo, group, reward, advantage=None) -> Rol
     )
 
 
+def prepared(objective, batch, plan):
+    """``prepare_batch`` as the trainer calls it; an advantage the test set by hand is kept."""
+    given = batch.advantage
+    objective.prepare_batch(batch, plan)
+    if given is not None:
+        batch.advantage = given
+    return batch
+
+
 def run_loss(objective, batch, logp, entropy, plan, entropy_mean=None):
-    """Full-batch loss the way the trainer computes it, returning (loss, metrics, logp.grad)."""
+    """Full-batch loss the way the trainer computes it, returning (loss, metrics, logp.grad, entropy.grad)."""
     logp = torch.tensor(logp, requires_grad=True)
     entropy = torch.tensor(entropy, requires_grad=True)
-    masks = objective.masks(batch, plan)
-    totals = BatchTotals({k: MaskTotals.of(m) for k, m in masks.items()}, entropy_mean or {})
-    loss, metrics = objective.loss(batch, PolicyOutputs(logp, entropy), totals, plan)
+    if not batch.masks:
+        prepared(objective, batch, plan)
+    totals = BatchTotals({k: MaskTotals.of(m) for k, m in batch.masks.items()}, entropy_mean or {})
+    loss, metrics = objective.step_loss(batch, PolicyOutputs(logp, entropy), totals, plan)
     loss.backward()
     return loss.item(), {k: float(v) for k, v in metrics.items()}, logp.grad, entropy.grad
 
@@ -81,7 +91,7 @@ def test_grpo_loss_under_each_aggregation(mode, expected, grad0, grad1):
 def test_grpo_prepare_sets_group_advantages():
     objective = build_objective(load_config(overrides=["method=grpo"]))
     batch = make_batch(GRPO_MASK, is_demo=[False, False], group=[0, 0], reward=[1.0, 0.0])
-    objective.prepare(batch, objective.plan(1))
+    objective.prepare_batch(batch, objective.plan(1))
     # mean 0.5, unbiased std 0.7071 -> +-0.7071
     torch.testing.assert_close(batch.advantage, torch.tensor([0.70711, -0.70711]), atol=1e-4, rtol=0)
 
@@ -111,10 +121,12 @@ SRFT_ENTROPY = [[0.0, 1.0, 3.0], [0.0, 0.5, 0.5], [0.0, 0.5, 1.5]]
 
 
 def srft_case(*overrides):
-    objective = build_objective(load_config(overrides=["method=srft", *overrides]))
+    """SRFT on the case above; the entropy bonus is off so that the terms add up to the loss
+    (the bonus has its own test)."""
+    objective = build_objective(load_config(overrides=["method=srft", "grpo.entropy_coef=0", *overrides]))
     batch = make_batch(SRFT_MASK, is_demo=[False, False, True], group=[0, 0, 0], reward=[1.0, 0.0, 1.0])
     plan = objective.plan(1)
-    objective.prepare(batch, plan)
+    objective.prepare_batch(batch, plan)
     return objective, batch, plan
 
 
@@ -122,12 +134,51 @@ def test_srft_augmented_group_advantage():
     _, batch, _ = srft_case()
     # rewards (1, 0, 1): mean 2/3, unbiased std sqrt(1/3)
     torch.testing.assert_close(batch.advantage, torch.tensor([0.57735, -1.1547, 0.57735]), atol=1e-4, rtol=0)
-    _, batch, _ = srft_case("srft.include_demos_in_stats=false")
+    _, batch, _ = srft_case("group.advantage_stats=rollouts")
     torch.testing.assert_close(batch.advantage, torch.tensor([0.70711, -0.70711, 0.70711]), atol=1e-4, rtol=0)
+    # the released scripts' grpo_use_std=False: reward minus the augmented group's mean
+    _, batch, _ = srft_case("group.advantage_scale=none")
+    torch.testing.assert_close(batch.advantage, torch.tensor([1 / 3, -2 / 3, 1 / 3]), atol=1e-6, rtol=0)
+
+
+def test_srft_joint_normalisation_is_one_token_mean_over_rl_tokens():
+    """The default: every rollout token and every demonstration RL token in one token mean (6 tokens),
+    -w_RL logp on y+, +logp on y-; the weighted SFT term a token mean over the 2 demonstration tokens."""
+    objective, batch, plan = srft_case()
+    assert objective.config.srft.normalisation == "joint"
+    loss, m, grad, _ = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
+    w_sft, w_rl, a_demo = 0.5 * math.exp(-1.0), 0.1 * math.exp(2.0), 0.57735
+    sft_demo = w_sft * (0.2 + 0.4) / 2
+    rl_demo = -a_demo * (math.exp(-0.2) + math.exp(-0.4)) / 6
+    rl_pos = w_rl * (1.0 + 2.0) / 6
+    rl_neg = (-0.5 - 1.5) / 6
+    assert m["loss/sft_demo"] == pytest.approx(sft_demo, rel=1e-5)
+    assert m["loss/rl_demo"] == pytest.approx(rl_demo, rel=1e-4)
+    assert m["loss/rl_self_pos"] == pytest.approx(rl_pos, rel=1e-5)
+    assert m["loss/rl_self_neg"] == pytest.approx(rl_neg, rel=1e-5)
+    assert loss == pytest.approx(sft_demo + rl_demo + rl_pos + rl_neg, rel=1e-4)
+    expected = torch.tensor(
+        [
+            [0.0, -w_rl / 6, -w_rl / 6],
+            [0.0, 1 / 6, 1 / 6],
+            [0.0, -w_sft / 2 - a_demo * math.exp(-0.2) / 6, -w_sft / 2 - a_demo * math.exp(-0.4) / 6],
+        ]
+    )
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+    # the y- term is unbounded below: its smallest log-prob is logged
+    assert m["srft/negative_logp_min"] == pytest.approx(-1.5)
+
+
+def test_srft_entropy_bonus_covers_every_completion_token():
+    objective, batch, plan = srft_case("grpo.entropy_coef=0.001")
+    _, m, _, egrad = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
+    # the released scripts: -0.001 * token mean of H over all 6 response tokens, demonstrations included
+    assert m["loss/entropy_bonus"] == pytest.approx(-0.001 * (1 + 3 + 0.5 + 0.5 + 0.5 + 1.5) / 6, rel=1e-5)
+    torch.testing.assert_close(egrad, torch.tensor([[0.0, 1, 1]] * 3) * (-0.001 / 6))
 
 
 def test_srft_terms_weights_and_gradients_sequence_granularity():
-    objective, batch, plan = srft_case()
+    objective, batch, plan = srft_case("srft.normalisation=separate")
     loss, m, grad, egrad = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
     w_sft = 0.5 * math.exp(-1.0)  # demo mean entropy (0.5 + 1.5) / 2 = 1
     w_rl = 0.1 * math.exp(2.0)  # positive rollout mean entropy (1 + 3) / 2 = 2
@@ -155,7 +206,7 @@ def test_srft_terms_weights_and_gradients_sequence_granularity():
 
 
 def test_srft_weights_token_granularity():
-    objective, batch, plan = srft_case("srft.entropy_granularity=token")
+    objective, batch, plan = srft_case("srft.entropy_granularity=token", "srft.normalisation=separate")
     _, m, grad, _ = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
     w_sft = [0.5 * math.exp(-0.5), 0.5 * math.exp(-1.5)]
     w_rl = [0.1 * math.exp(1.0), 0.1 * math.exp(3.0)]
@@ -180,14 +231,14 @@ def test_srft_sft_entropy_sign_plus_one():
 
 
 def test_srft_policy_shaping_on_demonstrations():
-    objective, batch, plan = srft_case("srft.policy_shaping_gamma=0.1")
+    objective, batch, plan = srft_case("srft.policy_shaping_gamma=0.1", "srft.normalisation=separate")
     _, m, _, _ = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
     p = [math.exp(-0.2), math.exp(-0.4)]
     assert m["loss/rl_demo"] == pytest.approx(-0.57735 * sum(x / (x + 0.1) for x in p) / 2, rel=1e-4)
 
 
 def test_srft_advantage_form_of_self_rollout_loss():
-    objective, batch, plan = srft_case("srft.self_rollout_loss=advantage")
+    objective, batch, plan = srft_case("srft.self_rollout_loss=advantage", "srft.normalisation=separate")
     _, m, grad, _ = run_loss(objective, batch, SRFT_LOGP, SRFT_ENTROPY, plan)
     w_rl = 0.1 * math.exp(2.0)
     # on-policy GRPO term -A per token; the positive rollout's tokens are scaled by w_RL
@@ -200,23 +251,22 @@ def test_srft_graded_rewards_use_positive_advantage():
     objective = build_objective(load_config(overrides=["method=srft"]))
     batch = make_batch(SRFT_MASK, is_demo=[False, False, True], group=[0, 0, 0], reward=[0.7, 0.2, 1.0])
     plan = objective.plan(1)
-    objective.prepare(batch, plan)
-    masks = objective.masks(batch, plan)
+    objective.prepare_batch(batch, plan)
+    masks = batch.masks
     # mean 0.633: rollout 0 has positive advantage, rollout 1 negative
     assert masks["positive"][0].any() and not masks["positive"][1].any()
     assert masks["negative"][1].any() and not masks["negative"][2].any()
 
 
 def test_srft_micro_batches_sum_to_the_full_batch_loss():
-    objective, batch, plan = srft_case()
-    masks = objective.masks(batch, plan)
-    totals = BatchTotals({k: MaskTotals.of(m) for k, m in masks.items()})
+    objective, batch, plan = srft_case("grpo.entropy_coef=0.001")
+    totals = BatchTotals({k: MaskTotals.of(m) for k, m in batch.masks.items()})
     logp, entropy = torch.tensor(SRFT_LOGP), torch.tensor(SRFT_ENTROPY)
-    full, _ = objective.loss(batch, PolicyOutputs(logp, entropy), totals, plan)
+    full, _ = objective.step_loss(batch, PolicyOutputs(logp, entropy), totals, plan)
     parts = 0.0
     for rows in ([0, 2], [1]):
         micro = batch.select(rows)
-        loss, _ = objective.loss(micro, PolicyOutputs(logp[rows], entropy[rows]), totals, plan)
+        loss, _ = objective.step_loss(micro, PolicyOutputs(logp[rows], entropy[rows]), totals, plan)
         parts += loss.item()
     assert parts == pytest.approx(full.item(), rel=1e-6)
 
@@ -253,7 +303,10 @@ def test_sasr_choices_for_given_norms_and_seed():
     assert choices == ["sft", "sft", "sft", "rl", "sft", "sft"]
     assert probabilities == pytest.approx([1.0, 1.0, 0.5, 1 / 3, 1 / 3, 1 / 3])
     assert objective.state.g_warmup == 2.0
-    assert objective.plan(7).rollouts_per_prompt in (0, objective.config.grpo.num_generations)
+    # step 7: p = 1/3, u = 0.3074 -> sft: the plan asks for demonstrations, no rollouts
+    plan = objective.plan(7)
+    assert (plan.kind, plan.rollouts_per_prompt, plan.demos_per_prompt) == ("sft", 0, 1)
+    assert plan.info["sasr/u"] == pytest.approx(0.30742, abs=1e-5)
 
 
 def test_sasr_state_dict_resumes_the_same_choices():
@@ -280,6 +333,13 @@ def test_sasr_steps_use_sft_and_grpo_losses():
     batch = make_batch([[0, 1, 1]], is_demo=[True], group=[0], reward=[1.0])
     loss, metrics, _, _ = run_loss(objective, batch, [[0.0, -1.0, -3.0]], [[0.0] * 3], sft_plan)
     assert loss == pytest.approx(2.0) and "loss/sft" in metrics
+    # an RL step: the GRPO term over the rollouts with group advantages (+-0.7071), no SFT term
+    rl_plan = objective.step_plan("rl", {})
+    assert (rl_plan.rollouts_per_prompt, rl_plan.demos_per_prompt) == (objective.config.group.num_generations, 0)
+    batch = make_batch(GRPO_MASK, is_demo=[False, False], group=[0, 0], reward=[1.0, 0.0])
+    loss, metrics, grad, _ = run_loss(objective, batch, [[-0.5, -1.0, -2.0, 0.0], [-0.3, -0.7, 0.0, 0.0]], [[1.0] * 4] * 2, rl_plan)
+    assert "loss/sft" not in metrics and loss == pytest.approx(-0.70711 * (3 - 1) / 4, abs=1e-4)
+    torch.testing.assert_close(grad, torch.tensor(GRPO_MASK) * torch.tensor([[-0.70711 / 4], [0.70711 / 4]]), atol=1e-5, rtol=0)
 
 
 def test_unknown_method_suggests_the_closest():

@@ -20,25 +20,32 @@ A = 1 / math.sqrt(2)  # rewards (1, 0): mean 0.5, unbiased std 0.7071
 
 
 def prepared(method, *overrides, reward=(1.0, 0.0, 1.0), step=1):
-    objective = build_objective(load_config(overrides=[f"method={method}", *overrides]))
+    """The method on the case above; the entropy bonus is off unless an override sets it, so that
+    the hand-computed terms add up to the loss."""
+    objective = build_objective(load_config(overrides=[f"method={method}", "grpo.entropy_coef=0", *overrides]))
     batch = make_batch(MASK, is_demo=[False, False, True], group=[0, 0, 0], reward=list(reward))
     plan = objective.plan(step)
-    info = objective.prepare(batch, plan)
+    info = objective.prepare_batch(batch, plan)
     return objective, batch, plan, info
 
 
 def test_two_stage_switches_from_sft_to_grpo():
-    objective = build_objective(load_config(overrides=["method=two_stage", "two_stage.sft_steps=2", "grpo.num_generations=5"]))
+    objective = build_objective(load_config(overrides=[
+        "method=two_stage", "two_stage.sft_steps=2", "group.num_generations=5",
+        "two_stage.sft_learning_rate=5e-5", "two_stage.rl_learning_rate=1e-6",
+    ]))
     plans = [objective.plan(step) for step in (1, 2, 3, 4)]
     assert [p.kind for p in plans] == ["sft", "sft", "rl", "rl"]
     assert [p.rollouts_per_prompt for p in plans] == [0, 0, 5, 5]
+    # each phase its own learning rate; the optimizer is reset once, when the RL phase starts
+    assert [p.learning_rate for p in plans] == [5e-5, 5e-5, 1e-6, 1e-6]
+    assert [p.reset_optimizer for p in plans] == [False, False, True, False]
     assert [p.info["two_stage/phase_rl"] for p in plans] == [0.0, 0.0, 1.0, 1.0]
     assert plans[0].info["two_stage/switch_step"] == 2.0
     sft_batch = make_batch([[0, 1, 1]], is_demo=[True], group=[0], reward=[1.0])
     loss, metrics, grad, _ = run_loss(objective, sft_batch, [[0.0, -1.0, -3.0]], [[0.0] * 3], plans[0])
     assert loss == pytest.approx(2.0) and "loss/sft" in metrics
     rl_batch = make_batch(MASK[:2], is_demo=[False, False], group=[0, 0], reward=[1.0, 0.0])
-    objective.prepare(rl_batch, plans[2])
     loss, metrics, grad, _ = run_loss(objective, rl_batch, LOGP[:2], ENTROPY[:2], plans[2])
     assert loss == pytest.approx(0.0, abs=1e-6) and "loss/policy" in metrics
     torch.testing.assert_close(grad[:, 1], torch.tensor([-A / 2, A / 2]), atol=1e-5, rtol=0)
@@ -55,30 +62,47 @@ def test_static_mix_adds_a_fixed_sft_term():
 
 
 def test_luffy_mixed_group_with_policy_shaping():
-    objective, batch, plan, _ = prepared("luffy", "luffy.num_generations=3", "luffy.demos_per_group=1")
+    """The default: mean and std over the whole mixed group (rollouts and the demonstration)."""
+    objective, batch, plan, _ = prepared("luffy", "group.num_generations=2")
     assert (plan.rollouts_per_prompt, plan.demos_per_prompt) == (2, 1)
-    # statistics over the rollouts only: the demonstration's advantage is (1 - 0.5) / 0.7071
-    torch.testing.assert_close(batch.advantage, torch.tensor([A, -A, A]), atol=1e-5, rtol=0)
+    a_pos, a_neg = 0.57735, -1.1547  # rewards (1, 0, 1): mean 2/3, unbiased std 0.57735
+    torch.testing.assert_close(batch.advantage, torch.tensor([a_pos, a_neg, a_pos]), atol=1e-4, rtol=0)
     loss, m, grad, _ = run_loss(objective, batch, LOGP, ENTROPY, plan)
     p = math.exp(-2.0)
     f = p / (p + 0.1)
-    assert loss == pytest.approx((-A + A - A * f) / 3, rel=1e-4)
-    assert m["loss/on_policy"] == pytest.approx(0.0, abs=1e-6)
-    assert m["loss/off_policy"] == pytest.approx(-A * f / 3, rel=1e-4)
+    assert loss == pytest.approx((-a_pos - a_neg - a_pos * f) / 3, rel=1e-4)
+    assert m["loss/on_policy"] == pytest.approx((-a_pos - a_neg) / 3, rel=1e-4)
+    assert m["loss/off_policy"] == pytest.approx(-a_pos * f / 3, rel=1e-4)
     f_prime = p * 0.1 / (p + 0.1) ** 2  # d f(exp(logp)) / d logp
-    torch.testing.assert_close(grad[:, 1], torch.tensor([-A / 3, A / 3, -A * f_prime / 3]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad[:, 1], torch.tensor([-a_pos / 3, -a_neg / 3, -a_pos * f_prime / 3]), atol=1e-5, rtol=1e-4)
 
 
-def test_luffy_statistics_over_the_whole_group():
-    _, batch, _, _ = prepared("luffy", "luffy.num_generations=3", "luffy.advantage_stats=group")
-    torch.testing.assert_close(batch.advantage, torch.tensor([0.57735, -1.1547, 0.57735]), atol=1e-4, rtol=0)
+def test_luffy_failed_rollouts_of_an_unsolved_group_are_pushed_down():
+    # both rollouts wrong, the demonstration right: in the mixed group the rollouts get -0.57735
+    _, batch, _, _ = prepared("luffy", "group.num_generations=2", reward=(0.0, 0.0, 1.0))
+    torch.testing.assert_close(batch.advantage, torch.tensor([-0.57735, -0.57735, 1.1547]), atol=1e-4, rtol=0)
+    # rollouts-only statistics (LUFFY's grpo_split): they get 0 and only the demonstration teaches
+    _, batch, _, _ = prepared("luffy", "group.num_generations=2", "group.advantage_stats=rollouts", reward=(0.0, 0.0, 1.0))
+    torch.testing.assert_close(batch.advantage, torch.tensor([0.0, 0.0, 1.0]))
 
 
-def test_luffy_rejects_a_group_of_demonstrations_only():
-    from hybridrft.config import ConfigError
+def test_luffy_statistics_over_the_rollouts_only():
+    objective, batch, plan, _ = prepared("luffy", "group.num_generations=2", "group.advantage_stats=rollouts")
+    # the demonstration's advantage is (1 - 0.5) / 0.7071
+    torch.testing.assert_close(batch.advantage, torch.tensor([A, -A, A]), atol=1e-5, rtol=0)
+    loss, _, _, _ = run_loss(objective, batch, LOGP, ENTROPY, plan)
+    p = math.exp(-2.0)
+    assert loss == pytest.approx((-A + A - A * p / (p + 0.1)) / 3, rel=1e-4)
 
-    with pytest.raises(ConfigError, match="demos_per_group"):
-        load_config(overrides=["luffy.num_generations=2", "luffy.demos_per_group=2"])
+
+def test_luffy_defaults_follow_the_released_script():
+    config = load_config(overrides=["method=luffy"])
+    assert (config.group.num_generations, config.group.demos_per_prompt) == (7, 1)  # rollout.n=8, n_prefix=1
+    assert config.group.advantage_stats == "mixed" and config.grpo.entropy_coef == 0.001
+    assert config.luffy.policy_shaping_gamma == 0.1
+    # a recipe or override still wins over a method's defaults
+    assert load_config(overrides=["method=luffy", "group.num_generations=3"]).group.num_generations == 3
+    assert load_config(overrides=["method=grpo"]).grpo.entropy_coef == 0.0
 
 
 def test_chord_mu_schedule():
@@ -87,15 +111,38 @@ def test_chord_mu_schedule():
     assert warmup_cosine(5, peak=0.5, valley=0.02, warmup_steps=0, decay_steps=10) == pytest.approx(0.26)
     assert warmup_cosine(10, peak=0.5, valley=0.02, warmup_steps=0, decay_steps=10) == pytest.approx(0.02)
     assert warmup_cosine(50, peak=0.5, valley=0.02, warmup_steps=0, decay_steps=10) == pytest.approx(0.02)
-    # with warm-up: linear rise, peak at the end of the warm-up
-    assert warmup_cosine(2, peak=0.5, valley=0.02, warmup_steps=4, decay_steps=10) == pytest.approx(0.26)
+    # with warm-up: linear rise from 0 (Trinity-RFT's mu_schedule_function), peak at the end of the warm-up
+    assert warmup_cosine(1, peak=0.5, valley=0.02, warmup_steps=4, decay_steps=10) == pytest.approx(0.125)
+    assert warmup_cosine(2, peak=0.5, valley=0.02, warmup_steps=4, decay_steps=10) == pytest.approx(0.25)
     assert warmup_cosine(4, peak=0.5, valley=0.02, warmup_steps=4, decay_steps=10) == pytest.approx(0.5)
+    # or from the valley, as an option
+    assert warmup_cosine(2, peak=0.5, valley=0.02, warmup_steps=4, decay_steps=10, warmup_start=0.02) == pytest.approx(0.26)
+    # no warm-up and no decay: the valley at every step (Trinity-RFT's defaults give a constant mu)
+    assert warmup_cosine(1, peak=0.9, valley=0.1, warmup_steps=0, decay_steps=0) == pytest.approx(0.1)
+
+
+def test_chord_default_schedule_rises_from_zero():
+    objective = build_objective(load_config(overrides=["method=chord"]))
+    mus = [objective.plan(step).info["chord/mu"] for step in (1, 100, 200, 400, 600, 1000)]
+    # warm-up 200 steps to 0.5, cosine over 400 steps to 0.02 (Trinity-RFT examples/mix_chord/mix_chord.yaml)
+    assert mus == pytest.approx([0.0025, 0.25, 0.5, 0.26, 0.02, 0.02])
+
+
+def test_chord_entropy_bonus_is_not_scaled_by_one_minus_mu_and_covers_rollouts_only():
+    objective, batch, plan, _ = prepared(
+        "chord", "chord.mu_warmup_steps=0", "chord.mu_decay_steps=10", "grpo.entropy_coef=0.01", step=5
+    )
+    mu = plan.info["chord/mu"]
+    loss, m, _, egrad = run_loss(objective, batch, LOGP, ENTROPY, plan)
+    assert m["loss/entropy_bonus"] == pytest.approx(-0.01)  # token mean of H = 1 over the 2 rollout tokens
+    assert loss == pytest.approx(mu * 2.0 - 0.01, rel=1e-5)
+    torch.testing.assert_close(egrad[:, 1], torch.tensor([-0.005, -0.005, 0.0]))
 
 
 @pytest.mark.parametrize("token_weighting", [False, True])
 def test_chord_loss_and_gradient(token_weighting):
     objective, batch, plan, _ = prepared(
-        "chord", "chord.mu_peak=0.5", "chord.mu_valley=0.02", "chord.mu_decay_steps=10",
+        "chord", "chord.mu_peak=0.5", "chord.mu_valley=0.02", "chord.mu_warmup_steps=0", "chord.mu_decay_steps=10",
         f"chord.token_weighting={str(token_weighting).lower()}", step=5,
     )
     mu = plan.info["chord/mu"]
@@ -114,28 +161,51 @@ HPT_MASK = [[0, 1]] * 6
 HPT_LOGP = [[0.0, -1.0], [0.0, -1.0], [0.0, -2.0], [0.0, -0.5], [0.0, -0.7], [0.0, -3.0]]
 
 
-def hpt_case(gate):
-    objective = build_objective(load_config(overrides=["method=hpt", f"hpt.switch_gate={gate}"]))
+def hpt_case(gate, *overrides):
+    objective = build_objective(load_config(overrides=["method=hpt", f"hpt.switch_gate={gate}", "grpo.entropy_coef=0", *overrides]))
     batch = make_batch(HPT_MASK, is_demo=[False, False, True, False, False, True], group=[0, 0, 0, 1, 1, 1],
                        reward=[0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     plan = objective.plan(1)
-    info = objective.prepare(batch, plan)
+    info = objective.prepare_batch(batch, plan)
     return objective, batch, plan, info
 
 
-def test_hpt_routes_each_prompt():
-    objective, batch, plan, info = hpt_case(gate=0)
+def test_hpt_routes_each_prompt_and_normalises_each_term_over_its_own_tokens():
+    objective, batch, plan, info = hpt_case(0)
     assert info["hpt/sft_prompt_share"] == 0.5  # prompt 0 (no correct rollout) goes to SFT
     loss, m, grad, _ = run_loss(objective, batch, HPT_LOGP, [[0.0, 1.0]] * 6, plan)
-    # selected tokens: prompt 0's demonstration (-logp = 2) and prompt 1's rollouts (-A, +A)
-    assert loss == pytest.approx(2.0 / 3, rel=1e-5)
-    assert m["loss/sft"] == pytest.approx(2.0 / 3, rel=1e-5) and m["loss/policy"] == pytest.approx(0.0, abs=1e-6)
-    torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -1 / 3, -A / 3, A / 3, 0]), atol=1e-5, rtol=0)
+    # L = token mean of GRPO over prompt 1's rollouts (-A, +A) + sft_coef * token mean of -logp over
+    # prompt 0's demonstration (one token, 2.0): the one SFT prompt weighs fully, not 1/3
+    assert m["loss/policy"] == pytest.approx(0.0, abs=1e-6) and m["loss/sft"] == pytest.approx(2.0, rel=1e-5)
+    assert loss == pytest.approx(2.0, rel=1e-5)
+    torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -1.0, -A / 2, A / 2, 0]), atol=1e-5, rtol=0)
+
+
+def test_hpt_sft_coef():
+    objective, batch, plan, _ = hpt_case(0, "hpt.sft_coef=0.3")
+    loss, _, grad, _ = run_loss(objective, batch, HPT_LOGP, [[0.0, 1.0]] * 6, plan)
+    assert loss == pytest.approx(0.6, rel=1e-5)
+    torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -0.3, -A / 2, A / 2, 0]), atol=1e-5, rtol=0)
 
 
 def test_hpt_gate_one_sends_both_prompts_to_sft():
-    objective, batch, plan, info = hpt_case(gate=1)
+    objective, batch, plan, info = hpt_case(1)
     assert info["hpt/sft_prompt_share"] == 1.0
     loss, _, grad, _ = run_loss(objective, batch, HPT_LOGP, [[0.0, 1.0]] * 6, plan)
     assert loss == pytest.approx((2.0 + 3.0) / 2)
     torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -0.5, 0, 0, -0.5]))
+
+
+def test_hpt_honours_kl_and_the_entropy_bonus_on_its_trained_tokens():
+    objective, batch, plan, _ = hpt_case(0, "grpo.entropy_coef=0.001", "grpo.beta=0.1")
+    assert objective.needs_reference
+    batch.ref_logp = torch.tensor(HPT_LOGP) + math.log(2.0)  # k3 = 2 - ln 2 - 1 on every token
+    loss, m, grad, egrad = run_loss(objective, batch, HPT_LOGP, [[0.0, 1.0]] * 6, plan)
+    k3 = 1.0 - math.log(2.0)
+    assert m["loss/kl"] == pytest.approx(k3, rel=1e-5)
+    assert m["loss/entropy_bonus"] == pytest.approx(-0.001, rel=1e-5)
+    assert loss == pytest.approx(2.0 + 0.1 * k3 - 0.001, rel=1e-5)
+    # trained tokens: prompt 0's demonstration and prompt 1's rollouts; nothing reaches the others
+    torch.testing.assert_close(egrad[:, 1], torch.tensor([0, 0, 1, 1, 1, 0.0]) * (-0.001 / 3))
+    # d k3 / d logp = 1 - exp(ref - logp) = -1, times beta / 3
+    torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -1.0 - 0.1 / 3, -A / 2 - 0.1 / 3, A / 2 - 0.1 / 3, 0]), atol=1e-5, rtol=0)

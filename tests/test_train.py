@@ -77,6 +77,8 @@ def test_gradient_accumulation_matches_one_big_batch(overrides, tiny_model_dir, 
     trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", *overrides, "rollout.max_new_tokens=8"))
     plan, batch, _ = trainer.collect(1)
     assert len(batch) >= 6
+    if trainer.reference is not None:  # measured once per step, before the updates
+        batch.ref_logp = trainer._logprobs(batch, trainer.reference)
 
     def gradients(micro_batch_size):
         trainer.config.train.micro_batch_size = micro_batch_size

@@ -77,7 +77,7 @@ def quickstart(
     config = _load(QUICKSTART_RECIPE, ["train.overwrite=true", *(overrides or [])])
     console.print(
         f"quickstart: method={config.method} model={config.model.name_or_path} steps={config.train.max_steps} "
-        f"prompts/step={config.train.prompts_per_step} rollouts/prompt={config.srft.num_generations} "
+        f"prompts/step={config.train.prompts_per_step} rollouts/prompt={config.group.num_generations} "
         f"held-out problems={config.eval.size}"
     )
     result = _run_training(config)

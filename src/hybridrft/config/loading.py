@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hybridrft.config.schema import Config
+from hybridrft.config.schema import METHOD_DEFAULTS, Config, config_class
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+@functools.lru_cache(maxsize=None)
 def _valid_keys(cls: type, prefix: str = "") -> dict[str, bool]:
     """Every dotted key of a dataclass tree -> whether it is a free-form mapping (any subkey allowed)."""
     keys: dict[str, bool] = {}
@@ -52,11 +54,9 @@ def _valid_keys(cls: type, prefix: str = "") -> dict[str, bool]:
     return keys
 
 
-_KEYS = _valid_keys(Config)
-
-
 def check_key(key: str, where: str) -> None:
     """Raise ``ConfigError`` naming the closest valid key when ``key`` is not in the schema."""
+    _KEYS = _valid_keys(config_class())
     if key in _KEYS:
         return
     parent = key.rsplit(".", 1)[0] if "." in key else None
@@ -69,12 +69,24 @@ def check_key(key: str, where: str) -> None:
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    _KEYS = _valid_keys(config_class())
     for name, value in tree.items():
         key = f"{prefix}{name}"
         if isinstance(value, dict) and not _KEYS.get(key, False) and key in _KEYS:
             yield from _flatten(value, key + ".")
         else:
             yield key, value
+
+
+def _unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -112,7 +124,16 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         dotted[key] = value
-    merged = OmegaConf.structured(Config)
+    # the run's method brings its reference defaults for shared keys, below every recipe and override
+    schema = config_class()
+    method = dotted.get("method")
+    for _, tree in reversed(layers):
+        if method is None:
+            method = tree.get("method")
+    method = method or schema().method
+    if METHOD_DEFAULTS.get(method):
+        layers.insert(0, (f"{method}'s defaults", _unflatten(METHOD_DEFAULTS[method])))
+    merged = OmegaConf.structured(schema)
     where = "defaults"
     try:
         for where, tree in layers:

@@ -1,15 +1,19 @@
-"""Typed configuration: one dataclass per concern and one per method (as TRL has a config per trainer).
+"""Typed configuration: one dataclass per shared concern; each method declares its own section.
 
-A run is described by ``Config``; YAML recipes set any subset of its fields and the command line
-overrides them with dotted keys (``train.max_steps=20``). Each method reads its own section
-(``sft``, ``grpo``, ``srft``, ``sasr``) plus the shared ``loss`` section; SASR alternates between the
-``sft`` and ``grpo`` sections.
+A run is described by a ``Config``; YAML recipes set any subset of its fields and the command line
+overrides them with dotted keys (``train.max_steps=20``). The shared sections live here (``group``:
+rollouts, demonstrations and advantages; ``grpo``: the clipped policy-gradient term; ``loss``:
+aggregation). A method's own section is a dataclass in its objective file, registered with
+``register_method_section`` together with the method's reference defaults for shared keys; the
+config class of a run is the shared sections plus every registered method section.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ANSWER_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
@@ -43,7 +47,7 @@ class DataConfig:
     """Where prompts, demonstrations and gold answers come from."""
 
     source: str = "builtin:arithmetic"  # builtin:arithmetic | .jsonl/.json/.parquet | datasets folder | hub id
-    format: str = "auto"  # auto | gsm8k | math | fields
+    format: str = "auto"  # auto | gsm8k | math | verl (LUFFY/SRFT parquet: prompt messages, target, reward_model) | fields
     fields: Dict[str, str] = field(default_factory=dict)  # for format=fields: prompt, answer, demonstration, id
     split: str = "train"
     limit: Optional[int] = None  # use only the first N examples of the source
@@ -56,7 +60,7 @@ class DataConfig:
     max_demo_tokens: int = 1024  # longer demonstrations are truncated (and counted)
 
     def __post_init__(self):
-        _check_choice("data", "format", self.format, ("auto", "gsm8k", "math", "fields"))
+        _check_choice("data", "format", self.format, ("auto", "gsm8k", "math", "verl", "fields"))
         _check_choice("data", "on_error", self.on_error, ("raise", "skip"))
 
 
@@ -95,7 +99,7 @@ class LossConfig:
     """Shared by every loss term of every method."""
 
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm
-    max_completion_length: Optional[int] = None  # L_max for seq_mean_token_sum_norm; default rollout.max_new_tokens
+    max_completion_length: Optional[int] = None  # L_max for seq_mean_token_sum_norm; default: the larger of rollout.max_new_tokens and data.max_demo_tokens
 
     def __post_init__(self):
         _check_choice(
@@ -107,135 +111,36 @@ class LossConfig:
 
 
 @dataclass
-class SFTConfig:
-    """Supervised fine-tuning on demonstrations: L = agg(-log p)."""
+class GroupConfig:
+    """A prompt's group, shared by every method: its rollouts, its demonstrations, its advantages."""
 
-    demos_per_prompt: int = 1
+    num_generations: int = 8  # rollouts per prompt (the on-policy part of the group)
+    demos_per_prompt: int = 1  # demonstrations per prompt, for the methods that train on them
+    advantage_scale: str = "group"  # group | batch | none (Dr. GRPO): what the centred reward is divided by
+    # mixed: demonstrations inside a group (SRFT, LUFFY) enter its mean and std; rollouts: they do not
+    advantage_stats: str = "mixed"
+    advantage_eps: float = 1e-6  # A = (r - mean) / (std + eps)
+
+    def __post_init__(self):
+        _check_choice("group", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
+        _check_choice("group", "advantage_stats", self.advantage_stats, ("mixed", "rollouts"))
+        _check_positive("group", "num_generations", self.num_generations)
+        if self.demos_per_prompt < 0:
+            raise ValueError(f"group.demos_per_prompt must be >= 0, got {self.demos_per_prompt}")
 
 
 @dataclass
 class GRPOConfig:
-    """Group Relative Policy Optimisation (Shao et al. 2024) with the DAPO / Dr. GRPO options."""
+    """The clipped policy-gradient term and its regularisers, shared by every method with an RL term."""
 
-    num_generations: int = 8  # rollouts per prompt (the group size)
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2  # DAPO "clip-higher" uses 0.28
     beta: float = 0.0  # k3 KL to the initial policy; 0 loads no reference model
-    entropy_coef: float = 0.0  # entropy bonus c_H
-    advantage_scale: str = "group"  # group | batch | none (Dr. GRPO)
+    entropy_coef: float = 0.0  # entropy bonus c_H (methods set their reference value as their default)
+    entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
 
     def __post_init__(self):
-        _check_choice("grpo", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
-        _check_positive("grpo", "num_generations", self.num_generations)
-
-
-@dataclass
-class SRFTConfig:
-    """SRFT (Fu et al. 2025, arXiv 2506.19767), Eq. 6-13."""
-
-    num_generations: int = 8  # rollouts per prompt
-    demos_per_prompt: int = 1
-    sft_coef: float = 0.5  # w_SFT = sft_coef * exp(sft_entropy_sign * H)
-    sft_entropy_sign: int = -1  # -1 as in the paper, +1 as reported for the released code
-    rl_coef: float = 0.1  # w_RL = rl_coef * exp(H)
-    entropy_granularity: str = "sequence"  # sequence | token | batch
-    include_demos_in_stats: bool = True  # augmented group advantage (Eq. 7)
-    advantage_scale: str = "group"
-    policy_shaping_gamma: Optional[float] = None  # f(p) = p/(p+gamma) on demonstration RL tokens
-    self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (w_RL x GRPO term on A>0 tokens)
-    positive_rule: str = "auto"  # auto | reward | advantage: which rollouts are y+
-    clip_eps_low: float = 0.2  # used by self_rollout_loss=advantage
-    clip_eps_high: float = 0.2
-
-    def __post_init__(self):
-        _check_choice("srft", "entropy_granularity", self.entropy_granularity, ("sequence", "token", "batch"))
-        _check_choice("srft", "sft_entropy_sign", self.sft_entropy_sign, (-1, 1))
-        _check_choice("srft", "self_rollout_loss", self.self_rollout_loss, ("paper", "advantage"))
-        _check_choice("srft", "positive_rule", self.positive_rule, ("auto", "reward", "advantage"))
-        _check_choice("srft", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
-        _check_positive("srft", "num_generations", self.num_generations)
-
-
-@dataclass
-class SASRConfig:
-    """SASR (Chen et al. 2025, arXiv 2505.13026), Algorithm 1. SFT steps use the ``sft`` section,
-    GRPO steps the ``grpo`` section."""
-
-    warmup_steps: int = 10  # pure SFT steps before switching starts
-    gamma: float = 1.0  # p_t = G_sft / (G_sft + gamma * G_warmup)
-    choice_rule: str = "grad_norm"  # name of a registered rule (hybridrft.objectives.sasr.CHOICE_RULES)
-
-    def __post_init__(self):
-        if self.warmup_steps < 1:
-            raise ValueError("sasr.warmup_steps must be >= 1 (G_warmup is measured on the last warm-up step)")
-
-
-@dataclass
-class TwoStageConfig:
-    """SFT then GRPO: ``sft_steps`` SFT steps (``sft`` section), then GRPO (``grpo`` section)."""
-
-    sft_steps: int = 100
-
-    def __post_init__(self):
-        if self.sft_steps < 0:
-            raise ValueError(f"two_stage.sft_steps must be >= 0, got {self.sft_steps}")
-
-
-@dataclass
-class StaticMixConfig:
-    """GRPO plus a fixed-weight SFT loss on demonstrations: L = L_GRPO + mu * L_SFT."""
-
-    mu: float = 0.1
-    demos_per_prompt: int = 1
-
-
-@dataclass
-class LUFFYConfig:
-    """LUFFY (Yan et al. 2025, arXiv 2504.14945): off-policy demonstrations inside the GRPO group."""
-
-    num_generations: int = 8  # group size: num_generations - demos_per_group rollouts + the demonstrations
-    demos_per_group: int = 1
-    policy_shaping_gamma: float = 0.1  # f(p) = p / (p + gamma) on demonstration tokens
-    advantage_stats: str = "rollouts"  # rollouts | group: which members define the group mean and std
-    advantage_scale: str = "group"
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-
-    def __post_init__(self):
-        _check_choice("luffy", "advantage_stats", self.advantage_stats, ("rollouts", "group"))
-        _check_choice("luffy", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
-        if not 1 <= self.demos_per_group < self.num_generations:
-            raise ValueError(
-                f"luffy.demos_per_group must be in [1, num_generations), got {self.demos_per_group} "
-                f"with num_generations={self.num_generations}"
-            )
-
-
-@dataclass
-class CHORDConfig:
-    """CHORD (Zhang et al. 2025, arXiv 2508.11408): L = (1 - mu_t) L_GRPO + mu_t L_SFT with a
-    scheduled mu_t, optionally token weights p(1-p) on the SFT term. GRPO settings: ``grpo``."""
-
-    mu_peak: float = 0.5
-    mu_valley: float = 0.02
-    mu_warmup_steps: int = 0  # linear rise from valley to peak
-    mu_decay_steps: int = 200  # cosine decay from peak to valley, then constant
-    token_weighting: bool = False  # CHORD-phi: weight SFT tokens by sg(p (1 - p))
-    demos_per_prompt: int = 1
-
-    def __post_init__(self):
-        for name in ("mu_peak", "mu_valley"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"chord.{name} must be in [0, 1], got {getattr(self, name)}")
-
-
-@dataclass
-class HPTConfig:
-    """HPT (Lv et al. 2025, arXiv 2509.04419): per prompt, SFT on the demonstration when at most
-    ``switch_gate`` rollouts are correct, else GRPO on the rollouts. GRPO settings: ``grpo``."""
-
-    switch_gate: int = 0
-    demos_per_prompt: int = 1
+        _check_choice("grpo", "entropy_tokens", self.entropy_tokens, ("all", "rollouts"))
 
 
 @dataclass
@@ -276,32 +181,86 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that already holds checkpoints
     log_every: int = 1  # print a summary line every N steps (metrics.jsonl gets every step)
+    # several optimizer updates per generation batch: the step's prompt groups are split into
+    # updates_per_batch mini-batches (verl's PPO mini-batches, TRL's steps_per_generation), and the
+    # batch is passed over epochs_per_batch times (verl's ppo_epochs, TRL's num_iterations)
+    updates_per_batch: int = 1
+    epochs_per_batch: int = 1
+    log_reference_kl: bool = False  # log the k3 KL to the initial policy every step (one reference forward)
 
     def __post_init__(self):
-        for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate"):
+        for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate", "updates_per_batch", "epochs_per_batch"):
             _check_positive("train", name, getattr(self, name))
+        if self.prompts_per_step % self.updates_per_batch:
+            raise ValueError(
+                f"train.prompts_per_step ({self.prompts_per_step}) must be a multiple of "
+                f"train.updates_per_batch ({self.updates_per_batch}): each update takes whole prompt groups"
+            )
 
 
 @dataclass
 class Config:
-    method: str = "srft"  # a registered objective: sft | grpo | srft | sasr | two_stage | static_mix | luffy | chord | hpt
+    method: str = "srft"  # a registered objective (hybridrft.objectives.OBJECTIVES)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    srft: SRFTConfig = field(default_factory=SRFTConfig)
-    sasr: SASRConfig = field(default_factory=SASRConfig)
-    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
-    static_mix: StaticMixConfig = field(default_factory=StaticMixConfig)
-    luffy: LUFFYConfig = field(default_factory=LUFFYConfig)
-    chord: CHORDConfig = field(default_factory=CHORDConfig)
-    hpt: HPTConfig = field(default_factory=HPTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def max_completion_length(self) -> int:
-        return self.loss.max_completion_length or self.rollout.max_new_tokens
+        """``L_max`` of Dr. GRPO's normaliser: it must cover demonstrations as well as rollouts."""
+        return self.loss.max_completion_length or max(self.rollout.max_new_tokens, self.data.max_demo_tokens)
+
+    def section(self, name: str):
+        """A method's own section (declared in its objective file), e.g. ``config.section("srft")``."""
+        return getattr(self, name)
+
+
+# ------------------------------------------------------------------ method sections
+
+METHOD_SECTIONS: dict[str, type] = {}  # section name (= method name) -> its dataclass
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {}  # method -> {dotted key: the method's reference default}
+_CONFIG_CLASSES: dict[tuple, type] = {}
+
+
+def register_method_section(method: str, section: type | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Declare a method's own config section (read as ``config.<method>``) and its defaults for
+    shared keys (``{"group.num_generations": 7}``), which apply whenever ``method`` is the run's
+    method, below any recipe or override. Called by ``objectives.register_objective``."""
+    if section is not None:
+        if method in {f.name for f in dataclasses.fields(Config)}:
+            raise ValueError(f"method section {method!r} would shadow the shared section of that name")
+        METHOD_SECTIONS[method] = section
+    METHOD_DEFAULTS[method] = dict(defaults or {})
+
+
+METHOD_ENTRY_POINTS = "hybridrft.methods"  # how packages (this one included) declare their methods
+_plugins_loaded = False
+
+
+def load_method_plugins() -> None:
+    """Import every module declared under the ``hybridrft.methods`` entry-point group, once, so that
+    their methods register. hybridrft's own methods are declared in its pyproject.toml like any
+    other package's would be, which keeps this lowest layer free of imports of the layers above."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry_point in importlib.metadata.entry_points(group=METHOD_ENTRY_POINTS):
+            entry_point.load()
+
+
+def config_class() -> type:
+    """``Config`` plus one field per registered method section (a dataclass OmegaConf can check)."""
+    load_method_plugins()
+    key = tuple((name, id(cls)) for name, cls in sorted(METHOD_SECTIONS.items()))
+    if key not in _CONFIG_CLASSES:
+        fields = [(name, cls, field(default_factory=cls)) for name, cls in sorted(METHOD_SECTIONS.items())]
+        made = dataclasses.make_dataclass("Config", fields, bases=(Config,))
+        made.__module__, made.__doc__ = Config.__module__, Config.__doc__
+        _CONFIG_CLASSES[key] = made
+    return _CONFIG_CLASSES[key]

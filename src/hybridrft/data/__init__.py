@@ -9,6 +9,7 @@ from hybridrft.data.adapters import (
     fields_example,
     gsm8k_example,
     math_example,
+    verl_example,
 )
 from hybridrft.data.answers import gsm8k_final_answer, last_boxed, strip_calculator_marks
 from hybridrft.data.arithmetic import arithmetic_splits, arithmetic_task
@@ -42,4 +43,5 @@ __all__ = [
     "render_prompt",
     "split_holdout",
     "strip_calculator_marks",
+    "verl_example",
 ]

@@ -6,6 +6,7 @@ source file and row number, so the same adapters serve files, `datasets` objects
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -74,6 +75,18 @@ def math_example(row: Mapping[str, Any], index: int) -> Example:
     )
 
 
+def _as_list(value: Any) -> Any:
+    """A tuple or numpy array (what pandas gives for a parquet list column) as a list; anything
+    else unchanged, so a nested column reads the same whichever library read the file."""
+    if isinstance(value, (str, bytes, Mapping)):
+        return value
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+        return value.tolist()
+    return value
+
+
 def _is_chat(value: Any) -> bool:
     return (
         isinstance(value, list)
@@ -85,7 +98,7 @@ def _is_chat(value: Any) -> bool:
 def _prompt_value(row: Mapping[str, Any], column: str) -> str | list[dict[str, str]]:
     if column not in row or row[column] is None:
         raise ValueError(f"missing field {column!r} (row has: {', '.join(map(str, row))})")
-    value = row[column]
+    value = _as_list(row[column])
     if _is_chat(value):
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
     if isinstance(value, str) and value.strip():
@@ -160,13 +173,146 @@ def fields_example(row: Mapping[str, Any], index: int, fields: Mapping[str, str]
     return Example(id=example_id, prompt=prompt, demonstrations=demonstrations, answer=answer)
 
 
+VERL_TARGET = "target"
+
+
+def _verl_demonstrations(value: Any) -> list[str]:
+    """Every assistant message's content of a verl `target`, or the target itself if it is text.
+
+    The reference loaders train on `target[0]["content"]`; a row holding several assistant messages
+    gives one demonstration each, so none is silently dropped. Messages of other roles are not
+    demonstrations and are ignored.
+    """
+    if value is None:
+        raise ValueError(f"field {VERL_TARGET!r} is null")
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"field {VERL_TARGET!r} is empty")
+        return [value]
+    value = _as_list(value)
+    messages = [value] if isinstance(value, Mapping) else value
+    if not isinstance(messages, list):
+        raise ValueError(
+            f"field {VERL_TARGET!r} must be text or a list of chat messages, "
+            f"got {type(value).__name__}"
+        )
+    if not messages:
+        raise ValueError(f"field {VERL_TARGET!r} is an empty list")
+    demonstrations = []
+    for position, message in enumerate(messages):
+        where = f"{VERL_TARGET}[{position}]"
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise ValueError(
+                f"field {where!r} must be a chat message {{'role': ..., 'content': ...}}, "
+                f"got {type(message).__name__}"
+            )
+        if message["role"] != "assistant":
+            continue
+        content = message.get("content")
+        if content is None:
+            raise ValueError(f"field '{where}.content' is missing")
+        if not isinstance(content, str):
+            raise ValueError(f"field '{where}.content' must be text, got {type(content).__name__}")
+        if not content.strip():
+            raise ValueError(f"field '{where}.content' is empty")
+        demonstrations.append(content)
+    if not demonstrations:
+        roles = [message["role"] for message in messages]
+        raise ValueError(f"field {VERL_TARGET!r} has no assistant message (roles: {roles})")
+    return demonstrations
+
+
+def _verl_ground_truth(row: Mapping[str, Any]) -> str:
+    reward_model = row.get("reward_model")
+    if not isinstance(reward_model, Mapping):
+        state = "missing" if reward_model is None else f"a {type(reward_model).__name__}"
+        raise ValueError(f"field 'reward_model' must be a dict with 'ground_truth', got {state}")
+    value = _as_list(reward_model.get("ground_truth"))
+    if isinstance(value, list):  # verl's own GSM8K example stores the answer as a one-item list
+        if len(value) > 1:
+            raise ValueError(
+                f"field 'reward_model.ground_truth' holds {len(value)} answers; expected one"
+            )
+        value = value[0] if value else ""
+    if value is None:
+        raise ValueError("field 'reward_model.ground_truth' is missing")
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(
+            "field 'reward_model.ground_truth' must be text or a number, "
+            f"got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise ValueError("field 'reward_model.ground_truth' is empty")
+    return value.strip()
+
+
+def _verl_id(value: Any) -> str:
+    """`extra_info.index` as text, "" when absent. pandas turns an integer column with a null into
+    floats (17 -> 17.0, null -> nan): an id must not change with the library that read the file."""
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        if value != value:  # NaN
+            return ""
+        if float(value).is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+def verl_example(row: Mapping[str, Any], index: int, *, require_target: bool = False) -> Example:
+    """A verl RL row, as in the parquet that LUFFY, SRFT and HPT train on (Openr1-Math-46k-8192).
+
+    Columns: `prompt` (chat messages, kept as the Example's prompt), `target` (the demonstration:
+    a list of assistant messages, or text), `reward_model.ground_truth` (the gold answer),
+    `data_source`, `ability` (kept in `meta`) and `extra_info.index` (the id; else `verl-<row>`).
+
+    A row without a `target` key is evaluation data (verl's validation parquets have no target)
+    and has no demonstrations; the trainer stops with its own error if a method needs one. A
+    `target` that is present must hold a demonstration: a null or empty target in a training file
+    is an error, not a prompt quietly trained without one. `require_target=True` (the loader sets
+    it when the source's first row has a `target` column) makes a missing key an error too, so a
+    JSON-lines row that lost its target is not taken for evaluation data.
+    """
+    prompt = _prompt_value(row, "prompt")
+    if isinstance(prompt, list) and not any(m["role"] == "user" for m in prompt):
+        roles = [m["role"] for m in prompt]
+        raise ValueError(f"field 'prompt' has no user message (roles: {roles})")
+    answer = _verl_ground_truth(row)
+    if VERL_TARGET in row:
+        demonstrations = _verl_demonstrations(row[VERL_TARGET])
+    elif require_target:
+        raise ValueError(f"missing field {VERL_TARGET!r} (row has: {', '.join(map(str, row))})")
+    else:
+        demonstrations = []
+
+    extra_info = row.get("extra_info")
+    raw_id = extra_info.get("index") if isinstance(extra_info, Mapping) else None
+    example_id = _verl_id(raw_id) or f"verl-{index}"
+    meta = {
+        key: str(row[key])
+        for key in ("data_source", "ability")
+        if row.get(key) is not None and str(row[key]) != ""
+    }
+    return Example(
+        id=example_id, prompt=prompt, demonstrations=demonstrations, answer=answer, meta=meta
+    )
+
+
 ADAPTERS: dict[str, Callable[[Mapping[str, Any], int], Example]] = {
     "gsm8k": gsm8k_example,
     "math": math_example,
+    "verl": verl_example,
 }
 
-# Columns that identify a known layout; checked in this order.
-_FORMAT_COLUMNS = (("gsm8k", {"question", "answer"}), ("math", {"problem", "solution"}))
+# Columns that identify a known layout; checked in this order. verl comes first: `reward_model`
+# is specific to it, and its files may carry other columns (a copy of the question, say).
+_FORMAT_COLUMNS = (
+    ("verl", {"prompt", "reward_model"}),
+    ("gsm8k", {"question", "answer"}),
+    ("math", {"problem", "solution"}),
+)
 
 
 def required_columns(format: str) -> set[str]:
@@ -175,7 +321,8 @@ def required_columns(format: str) -> set[str]:
 
 
 def detect_format(columns: Iterable[str]) -> str:
-    """"gsm8k" for question+answer columns, "math" for problem+solution, "fields" otherwise."""
+    """"verl" for prompt+reward_model columns, "gsm8k" for question+answer, "math" for
+    problem+solution, "fields" otherwise."""
     present = set(columns)
     for name, needed in _FORMAT_COLUMNS:
         if needed <= present:

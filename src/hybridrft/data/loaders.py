@@ -20,10 +20,12 @@ from typing import Any
 from hybridrft.data.adapters import (
     ADAPTERS,
     FIELD_KEYS,
+    VERL_TARGET,
     check_field_mapping,
     detect_format,
     fields_example,
     required_columns,
+    verl_example,
 )
 from hybridrft.data.example import Example
 
@@ -174,6 +176,9 @@ def _choose_adapter(
     for column in sorted(required_columns(format)):
         if column not in columns:
             raise _missing_column_error(column, f"format {format!r}", columns, source)
+    if format == "verl":
+        # A source with a target column is training data: then every row needs its demonstration.
+        return format, functools.partial(verl_example, require_target=VERL_TARGET in columns)
     return format, ADAPTERS[format]
 
 
@@ -189,7 +194,7 @@ def load_examples(
     """Load examples from a `.jsonl` / `.json` / `.parquet` file, a `save_to_disk` folder, or
     anything `datasets.load_dataset(source, split=split)` accepts (a hub id, a data folder).
 
-    `format` is "auto" (from the first row's columns), "gsm8k", "math" or "fields" (then
+    `format` is "auto" (from the first row's columns), "gsm8k", "math", "verl" or "fields" (then
     `fields` maps Example fields to columns; "auto" with `fields` given means "fields"). `split`
     applies to `datasets` sources only. `limit` keeps the first `limit` valid examples.
     `on_error="raise"` stops at the first malformed row; "skip" skips such rows and logs one

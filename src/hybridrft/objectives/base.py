@@ -1,17 +1,26 @@
 """The objective interface the trainer drives, and the registry of objectives by name.
 
-A step, seen from an objective:
+A step, seen from an objective, runs one way:
 
-1. ``plan(step)`` says what the step needs: rollouts per prompt, demonstrations per prompt, and the
-   kind of update (SASR decides SFT or RL here).
-2. The trainer samples, scores and builds a ``RolloutBatch``; ``prepare(batch, plan)`` sets the
-   advantages (and returns any step-level metrics of its decisions).
-3. ``masks(batch, plan)`` names the token sets its loss terms aggregate over. The trainer measures
-   each over the whole batch (``BatchTotals``) so a micro-batch's loss is already normalised by the
-   full batch: summing micro-batch losses gives the full-batch loss exactly.
-4. ``loss(micro_batch, outputs, totals, plan)`` returns the scalar loss of that micro-batch and named
-   metrics, each a contribution that sums over micro-batches to its full-batch value.
+1. ``plan(step)`` says what the step needs: rollouts per prompt, demonstrations per prompt, the
+   kind of update (SASR decides SFT or RL here), and optionally the step's learning rate.
+2. The trainer samples, scores and builds a ``RolloutBatch``; ``prepare(batch, plan)`` writes onto
+   it everything the loss needs: ``batch.advantage``, named token masks in ``batch.masks`` and
+   named per-sequence coefficients in ``batch.coefficients``. It returns step-level metrics of its
+   decisions. The batch slices all of it with its rows, so a micro-batch carries its own share.
+3. The trainer measures every mask over the whole update batch (``BatchTotals``), so a
+   micro-batch's loss is already normalised by the full batch: summing micro-batch losses gives the
+   full-batch loss exactly.
+4. ``loss(micro_batch, outputs, totals, plan)`` reads only the micro-batch, the policy outputs and
+   the totals, and returns the scalar loss and named metrics (each a contribution that sums over
+   micro-batches to its full-batch value). Nothing passes from ``prepare`` to ``loss`` on ``self``.
 5. ``after_step(step, plan, grad_norm)`` sees the pre-clip gradient norm (SASR uses it).
+
+What every method with an RL term shares is added here, not in each method: the entropy bonus and
+the k3 KL penalty (``grpo`` section), and the diagnostics every run logs (entropy of rollouts and
+demonstrations, the policy's probability of demonstration tokens, the KL to the initial policy).
+A method declares its own config section (a dataclass, read as ``config.<name>``) and its
+reference defaults for shared keys as class attributes; ``register_objective`` registers both.
 """
 
 from __future__ import annotations
@@ -23,11 +32,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from hybridrft.config import Config
-from hybridrft.ops import MaskTotals, aggregate
+from hybridrft.config import Config, register_method_section
+from hybridrft.ops import MaskTotals, aggregate, k3_kl
 from hybridrft.rollout import RolloutBatch
 
 SFT, RL, MIXED = "sft", "rl", "mixed"
+
+# masks every batch carries (set by ``prepare_batch``), beside the method's own
+COMPLETIONS = "completions"  # every completion token of the batch
+ROLLOUT = "rollout"  # completion tokens of the policy's own rollouts
+DEMO = "demo"  # completion tokens of demonstrations
+TRAINED = "trained"  # the tokens the method's loss covers (default: every completion token)
+REGULARISED = "regularised"  # the tokens the entropy bonus covers (``grpo.entropy_tokens``)
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class StepPlan:
     rollouts_per_prompt: int
     demos_per_prompt: int
     info: dict[str, float] = field(default_factory=dict)  # decision metrics, logged with the step
+    learning_rate: float | None = None  # this step's base learning rate (default: train.learning_rate)
+    reset_optimizer: bool = False  # clear the optimizer's moments before this step (a phase switch)
 
 
 @dataclass
@@ -48,7 +66,7 @@ class PolicyOutputs:
 
 @dataclass
 class BatchTotals:
-    """Full-batch sizes of the objective's named masks, and optional full-batch entropy means."""
+    """Full-batch sizes of the batch's named masks, and optional full-batch entropy means."""
 
     masks: dict[str, MaskTotals]
     entropy_mean: dict[str, float] = field(default_factory=dict)
@@ -57,10 +75,32 @@ class BatchTotals:
         return self.masks[name]
 
 
+def sequence_mask(mask_rows: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Token mask of the completion tokens of the rows selected by ``mask_rows [N]``."""
+    return loss_mask & mask_rows.unsqueeze(-1)
+
+
+def rollout_mask(batch: RolloutBatch) -> torch.Tensor:
+    return sequence_mask(~batch.is_demo, batch.loss_mask)
+
+
+def demo_mask(batch: RolloutBatch) -> torch.Tensor:
+    return sequence_mask(batch.is_demo, batch.loss_mask)
+
+
+def masked_token_mean(values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
+    """Contribution of a micro-batch to the full-batch token mean of ``values`` (for metrics)."""
+    return (values.detach() * mask).sum() / max(totals.num_tokens, 1.0)
+
+
 class Objective(ABC):
     """Base class of every training method; subclasses live one per file in this package."""
 
     name: ClassVar[str]
+    config_section: ClassVar[type | None] = None  # the method's own dataclass, read as config.<name>
+    defaults: ClassVar[dict[str, Any]] = {}  # the method's reference values for shared keys
+    has_rl_term: ClassVar[bool] = True  # False for pure SFT: no entropy bonus, no KL, no reference
+    summary_keys: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, label) for the progress line
 
     def __init__(self, config: Config):
         self.config = config
@@ -70,30 +110,21 @@ class Objective(ABC):
     @abstractmethod
     def plan(self, step: int) -> StepPlan: ...
 
-    def prepare(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
-        """Compute advantages (and anything else derived from rewards) on the full batch.
-
-        Returns step-level metrics of what was decided here (HPT's share of SFT prompts, say)."""
-        return {}
-
     @abstractmethod
-    def masks(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, torch.Tensor]: ...
-
-    def entropy_means_needed(self, plan: StepPlan) -> tuple[str, ...]:
-        """Masks whose full-batch mean entropy ``loss`` needs (costs a no-grad forward pass)."""
-        return ()
+    def prepare(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
+        """Write advantages, named masks and coefficients onto ``batch``; return decision metrics."""
 
     @abstractmethod
     def loss(
         self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals, plan: StepPlan
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
+    def entropy_means_needed(self, plan: StepPlan) -> tuple[str, ...]:
+        """Masks whose full-batch mean entropy ``loss`` needs (costs a no-grad forward pass)."""
+        return ()
+
     def after_step(self, step: int, plan: StepPlan, grad_norm: float) -> dict[str, float]:
         return {}
-
-    @property
-    def needs_reference(self) -> bool:
-        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -101,16 +132,76 @@ class Objective(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen copy of the initial policy is loaded for the KL penalty or the KL diagnostic."""
+        return (self.has_rl_term and self.config.grpo.beta > 0) or self.config.train.log_reference_kl
+
     def agg(self, values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
         """The configured aggregation of ``values`` over ``mask``, normalised by full-batch ``totals``."""
         return aggregate(values, mask, self.aggregation, totals=totals, max_len=self.max_len)
+
+    # ------------------------------------------------------------------ what the trainer calls
+
+    def prepare_batch(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
+        """``prepare`` plus the masks every batch carries (for the shared terms and diagnostics)."""
+        batch.masks = {COMPLETIONS: batch.loss_mask, ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
+        batch.coefficients = {}
+        metrics = self.prepare(batch, plan)
+        batch.masks.setdefault(TRAINED, batch.loss_mask)
+        only_rollouts = self.config.grpo.entropy_tokens == "rollouts"
+        batch.masks[REGULARISED] = batch.masks[TRAINED] & batch.masks[ROLLOUT] if only_rollouts else batch.masks[TRAINED]
+        return metrics
+
+    def step_loss(
+        self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals, plan: StepPlan
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's loss plus the shared RL regularisers, with the per-step diagnostics.
+
+        For a step with an RL term (the whole run for most methods, the RL steps of two-stage and
+        SASR): ``- entropy_coef * agg(H)`` over ``REGULARISED`` tokens, and ``beta * agg(k3)`` over
+        the tokens the method trains on. Neither is scaled by a method's own weights (CHORD's
+        ``1 - mu`` included), as in the reference actors, which add both after the policy loss.
+        """
+        loss, metrics = self.loss(batch, out, totals, plan)
+        grpo = self.config.grpo
+        if self.has_rl_term and plan.kind != SFT:
+            if grpo.entropy_coef:
+                bonus = -grpo.entropy_coef * self.agg(out.entropy, batch.masks[REGULARISED], totals[REGULARISED])
+                loss = loss + bonus
+                metrics["loss/entropy_bonus"] = bonus.detach()
+            if grpo.beta > 0:
+                if batch.ref_logp is None:
+                    raise ValueError("grpo.beta > 0 needs reference log-probs (the trainer loads a reference model)")
+                kl = self.agg(k3_kl(out.logp, batch.ref_logp), batch.masks[TRAINED], totals[TRAINED])
+                loss = loss + grpo.beta * kl
+                metrics["loss/kl"] = kl.detach()
+        metrics.update(self.diagnostics(batch, out, totals))
+        return loss, metrics
+
+    def diagnostics(self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals) -> dict[str, torch.Tensor]:
+        """Token means every run logs: entropy of rollouts and of demonstrations, the probability the
+        policy gives demonstration tokens (LUFFY's diagnostic), and, with reference log-probs, the
+        k3 KL to the initial policy over every completion token (SASR's second signal)."""
+        metrics = {}
+        for label, name in (("entropy/rollout", ROLLOUT), ("entropy/demo", DEMO)):
+            if totals[name].num_tokens:
+                metrics[label] = masked_token_mean(out.entropy, batch.masks[name], totals[name])
+        if totals[DEMO].num_tokens:
+            metrics["demo/token_prob"] = masked_token_mean(out.logp.detach().exp(), batch.masks[DEMO], totals[DEMO])
+        if batch.ref_logp is not None:
+            kl = k3_kl(out.logp.detach(), batch.ref_logp)
+            metrics["kl/initial_policy"] = masked_token_mean(kl, batch.masks[COMPLETIONS], totals[COMPLETIONS])
+        return metrics
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Register a method by ``cls.name``, with its config section and defaults."""
     OBJECTIVES[cls.name] = cls
+    register_method_section(cls.name, cls.config_section, cls.defaults)
     return cls
 
 
@@ -120,13 +211,3 @@ def build_objective(config: Config) -> Objective:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown method '{config.method}' (known: {', '.join(sorted(OBJECTIVES))}){hint}")
     return OBJECTIVES[config.method](config)
-
-
-def sequence_mask(mask_rows: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Token mask of the completion tokens of the rows selected by ``mask_rows [N]``."""
-    return loss_mask & mask_rows.unsqueeze(-1)
-
-
-def masked_token_mean(values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
-    """Contribution of a micro-batch to the full-batch token mean of ``values`` (for metrics)."""
-    return (values.detach() * mask).sum() / max(totals.num_tokens, 1.0)

@@ -1,45 +1,48 @@
 """GRPO: Group Relative Policy Optimisation (Shao et al. 2024, arXiv 2402.03300, Eq. 3),
 with the DAPO (arXiv 2503.14476) and Dr. GRPO (arXiv 2503.20783) options.
 
-For prompt ``x`` and rollouts ``y_1..y_n ~ pi_theta``:
+For prompt ``x`` and rollouts ``y_1..y_n ~ pi_theta`` (``group.num_generations``):
 
-    A_k   = (r_k - mean(r)) / (std(r) + 1e-6)                 (group advantage; scale option)
-    rho_t = exp(logp_t - old_logp_t)                          (old = detached current: one update per batch)
+    A_k   = (r_k - mean(r)) / (std(r) + eps)                  (group advantage; group.advantage_scale)
+    rho_t = exp(logp_t - old_logp_t)                          (old = detached current with one update per batch)
     L     = agg(-min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A))
-            + beta * agg(k3_t) - c_H * agg(H_t)
-    k3_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1
+            + beta * agg(k3_t) - c_H * agg(H_t)               (added for every RL method in base.py)
+    k3_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (clamped as verl's low_var_kl)
 
-``beta = 0`` by default, in which case no reference model is loaded.
+``beta = 0`` by default, in which case no reference model is loaded. With ``train.updates_per_batch``
+or ``train.epochs_per_batch`` above 1, ``old_logp`` is measured once before the first update.
 """
 
 from __future__ import annotations
 
 import torch
 
-from hybridrft.config import GRPOConfig
+from hybridrft.config import GroupConfig
 from hybridrft.objectives.base import (
     RL,
+    ROLLOUT,
     BatchTotals,
     Objective,
     PolicyOutputs,
     StepPlan,
     masked_token_mean,
     register_objective,
-    sequence_mask,
 )
-from hybridrft.ops import clipped_surrogate, group_advantages, k3_kl
+from hybridrft.ops import clipped_surrogate, group_advantages
 from hybridrft.rollout import RolloutBatch
 
-ROLLOUT = "rollout"
 
-
-def rollout_mask(batch: RolloutBatch) -> torch.Tensor:
-    return sequence_mask(~batch.is_demo, batch.loss_mask)
-
-
-def grpo_advantages(batch: RolloutBatch, cfg: GRPOConfig) -> torch.Tensor:
-    """Group advantages with statistics over the rollouts (a GRPO group holds no demonstrations)."""
-    return group_advantages(batch.reward, batch.group, in_stats=~batch.is_demo, scale=cfg.advantage_scale)
+def group_advantage(batch: RolloutBatch, group: GroupConfig, *, demos_in_stats: bool = False) -> torch.Tensor:
+    """Group advantages of every row; demonstrations enter the statistics only if ``demos_in_stats``
+    (the mixed group of SRFT and LUFFY) and ``group.advantage_stats`` is ``mixed``."""
+    mixed = demos_in_stats and group.advantage_stats == "mixed"
+    return group_advantages(
+        batch.reward,
+        batch.group,
+        in_stats=None if mixed else ~batch.is_demo,
+        scale=group.advantage_scale,
+        eps=group.advantage_eps,
+    )
 
 
 def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,62 +55,34 @@ def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[
 
 def grpo_loss(
     objective: Objective,
-    cfg: GRPOConfig,
     batch: RolloutBatch,
     out: PolicyOutputs,
     totals: BatchTotals,
-    mask: torch.Tensor | None = None,
     mask_name: str = ROLLOUT,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The GRPO loss of a micro-batch of rollouts; shared by every method with a GRPO step.
-
-    ``mask`` (default: every rollout token) and its full-batch ``totals[mask_name]`` select the
-    tokens, so a method can apply GRPO to some prompts only.
-    """
-    mask = rollout_mask(batch) if mask is None else mask
-    per_token, clipped = clipped_policy_terms(cfg, batch, out)
+    """The clipped policy-gradient term over ``batch.masks[mask_name]`` (default: every rollout
+    token); shared by every method with a GRPO term. Its settings are the ``grpo`` section."""
+    mask = batch.masks[mask_name]
+    per_token, clipped = clipped_policy_terms(objective.config.grpo, batch, out)
     policy = objective.agg(per_token, mask, totals[mask_name])
-    loss = policy
-    metrics = {
+    return policy, {
         "loss/policy": policy.detach(),
         "grpo/clip_fraction": masked_token_mean(clipped.float(), mask, totals[mask_name]),
     }
-    if cfg.beta > 0:
-        if batch.ref_logp is None:
-            raise ValueError("grpo.beta > 0 needs reference log-probs (the trainer loads a reference model)")
-        kl = objective.agg(k3_kl(out.logp, batch.ref_logp), mask, totals[mask_name])
-        loss = loss + cfg.beta * kl
-        metrics["loss/kl"] = kl.detach()
-    if cfg.entropy_coef:
-        bonus = -cfg.entropy_coef * objective.agg(out.entropy, mask, totals[mask_name])
-        loss = loss + bonus
-        metrics["loss/entropy_bonus"] = bonus.detach()
-    return loss, metrics
 
 
 @register_objective
 class GRPOObjective(Objective):
-    """Pure RL: ``grpo.num_generations`` rollouts per prompt, no demonstrations."""
+    """Pure RL: ``group.num_generations`` rollouts per prompt, no demonstrations."""
 
     name = "grpo"
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.cfg = config.grpo
-
     def plan(self, step: int) -> StepPlan:
-        return StepPlan(RL, rollouts_per_prompt=self.cfg.num_generations, demos_per_prompt=0)
+        return StepPlan(RL, rollouts_per_prompt=self.config.group.num_generations, demos_per_prompt=0)
 
     def prepare(self, batch, plan):
-        batch.advantage = grpo_advantages(batch, self.cfg)
+        batch.advantage = group_advantage(batch, self.config.group)
         return {}
 
-    def masks(self, batch, plan):
-        return {ROLLOUT: rollout_mask(batch)}
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.cfg.beta > 0
-
     def loss(self, batch, out, totals, plan):
-        return grpo_loss(self, self.cfg, batch, out, totals)
+        return grpo_loss(self, batch, out, totals)

@@ -1,62 +1,83 @@
 """LUFFY: Learning to reason Under oFF-policY guidance (Yan et al. 2025, arXiv 2504.14945).
+Reference: ElliottYan/LUFFY, ``luffy/verl/verl/mix_src/mix_core_alg.py``
+(``compute_token_on_off_policy_loss``) and ``exp_scripts/train.sh``.
 
-Each group holds ``num_generations - demos_per_group`` rollouts of the current policy and
-``demos_per_group`` off-policy demonstrations (default 7 + 1). One group advantage is computed for
-all members, with the mean and std taken over the rollouts only (``advantage_stats = rollouts``,
-as DESIGN.md specifies) or over the whole mixed group (``group``). Then, over all completion tokens
-of the batch together:
+Each group holds ``group.num_generations`` rollouts of the current policy and
+``group.demos_per_prompt`` off-policy demonstrations (7 + 1 by default, train.sh's ``rollout.n=8``
+with ``n_prefix=1``). One group advantage is computed for all members, with the mean and std over
+the whole mixed group (the paper's Mixed-Policy GRPO; train.sh's ``adv_estimator=grpo`` groups every
+row by prompt), or over the rollouts only with ``group.advantage_stats=rollouts`` (the code's
+``grpo_split``). Then, over all completion tokens of the batch together (one aggregation):
 
     rollout token:       -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A)       (GRPO)
     demonstration token: -A * f(p_t),  f(p) = p / (p + gamma),  p_t = exp(logp_t)       (policy shaping)
 
 Demonstrations are treated as sampled with behaviour probability 1, so their importance ratio is
-``p_t`` itself, and they are not clipped. The shaping ``f`` (``gamma = 0.1``) raises the gradient
-on low-probability tokens, which plain ``p_t`` would all but ignore.
+``p_t`` itself, and they are not clipped. The shaping ``f`` (``gamma = 0.1``, train.sh's
+``off_policy_reshape="p_div_p_0.1"``) raises the gradient on low-probability tokens, which plain
+``p_t`` would all but ignore. ``clip_rollouts=false`` drops the clip on rollout tokens too, as
+train.sh does (``loss_remove_clip=True``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from hybridrft.objectives.base import MIXED, Objective, StepPlan, masked_token_mean, register_objective
-from hybridrft.objectives.grpo import ROLLOUT, clipped_policy_terms, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask
-from hybridrft.ops import group_advantages, shaped_probability
+from hybridrft.objectives.base import (
+    COMPLETIONS,
+    DEMO,
+    MIXED,
+    ROLLOUT,
+    Objective,
+    StepPlan,
+    masked_token_mean,
+    register_objective,
+)
+from hybridrft.objectives.grpo import clipped_policy_terms, group_advantage
+from hybridrft.ops import shaped_probability
 
-GROUP = "group"  # every completion token of the batch, rollouts and demonstrations
+
+@dataclass
+class LUFFYConfig:
+    policy_shaping_gamma: float = 0.1  # f(p) = p / (p + gamma) on demonstration tokens (train.sh p_div_p_0.1)
+    clip_rollouts: bool = True  # the GRPO clip on rollout tokens; train.sh removes it (loss_remove_clip=True)
 
 
 @register_objective
 class LUFFYObjective(Objective):
     name = "luffy"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.cfg = config.luffy
+    config_section = LUFFYConfig
+    defaults = {
+        "group.num_generations": 7,  # train.sh: rollout.n=8 with n_prefix=1 -> 7 rollouts + 1 demonstration
+        "group.demos_per_prompt": 1,
+        "group.advantage_stats": "mixed",  # train.sh: adv_estimator=grpo over the whole group
+        "grpo.entropy_coef": 0.001,  # train.sh: entropy_coeff=0.001 over every response token
+    }
 
     def plan(self, step: int) -> StepPlan:
-        m = self.cfg.demos_per_group
-        return StepPlan(MIXED, rollouts_per_prompt=self.cfg.num_generations - m, demos_per_prompt=m)
+        group = self.config.group
+        return StepPlan(MIXED, rollouts_per_prompt=group.num_generations, demos_per_prompt=group.demos_per_prompt)
 
     def prepare(self, batch, plan):
-        in_stats = ~batch.is_demo if self.cfg.advantage_stats == "rollouts" else None
-        batch.advantage = group_advantages(batch.reward, batch.group, in_stats=in_stats, scale=self.cfg.advantage_scale)
+        batch.advantage = group_advantage(batch, self.config.group, demos_in_stats=True)
         return {}
 
-    def masks(self, batch, plan):
-        return {GROUP: batch.loss_mask, ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
-
     def loss(self, batch, out, totals, plan):
-        on_policy, clipped = clipped_policy_terms(self.cfg, batch, out)
-        off_policy = -batch.advantage.unsqueeze(-1) * shaped_probability(out.logp, self.cfg.policy_shaping_gamma)
+        cfg, advantage = self.config.luffy, batch.advantage.unsqueeze(-1)
+        if cfg.clip_rollouts:
+            on_policy, clipped = clipped_policy_terms(self.config.grpo, batch, out)
+        else:
+            old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+            on_policy, clipped = -torch.exp(out.logp - old_logp) * advantage, torch.zeros_like(out.logp, dtype=torch.bool)
+        off_policy = -advantage * shaped_probability(out.logp, cfg.policy_shaping_gamma)
         per_token = torch.where(batch.is_demo.unsqueeze(-1), off_policy, on_policy)
-        masks = self.masks(batch, plan)
-        loss = self.agg(per_token, masks[GROUP], totals[GROUP])
+        loss = self.agg(per_token, batch.masks[COMPLETIONS], totals[COMPLETIONS])
         # the two parts, each normalised like the joint loss so that they add up to it
-        on = self.agg(on_policy, masks[ROLLOUT], totals[GROUP])
-        metrics = {
+        on = self.agg(on_policy, batch.masks[ROLLOUT], totals[COMPLETIONS])
+        return loss, {
             "loss/on_policy": on.detach(),
             "loss/off_policy": (loss - on).detach(),
-            "grpo/clip_fraction": masked_token_mean(clipped.float(), masks[ROLLOUT], totals[ROLLOUT]),
+            "grpo/clip_fraction": masked_token_mean(clipped.float(), batch.masks[ROLLOUT], totals[ROLLOUT]),
         }
-        return loss, metrics

@@ -11,9 +11,16 @@
    update ``G_sft``. A large SFT gradient (the policy is far from the demonstrations) makes SFT more
    likely; as SFT converges its gradient shrinks and RL takes over.
 
-SFT steps use the ``sft`` section and the SFT loss of ``sft.py``; GRPO steps the ``grpo`` section and
-the loss of ``grpo.py``. ``G_warmup``, ``G_sft``, the generator state and the choice history are
-checkpointed, so a resumed run makes the same choices.
+SFT steps train on ``group.demos_per_prompt`` demonstrations with the loss of ``sft.py``; GRPO steps on
+``group.num_generations`` rollouts with the loss of ``grpo.py`` (``grpo`` section). Each kind can have
+its own learning rate (``sft_learning_rate``, ``rl_learning_rate``). ``G_warmup``, ``G_sft``, the
+generator state and the choice history are checkpointed, so a resumed run makes the same choices.
+
+A step is one generation batch: the choice is drawn once per step, and when a step makes several
+optimizer updates (``train.updates_per_batch``, ``train.epochs_per_batch``) its gradient norm is
+the mean of the updates' pre-clip norms.
+
+No public code of SASR was found; this follows the paper's Algorithm 1 as DESIGN.md gives it.
 
 The paper also mentions the divergence from the initial distribution; its exact formula is not
 public. The choice rule is therefore a registered function of the objective's state: a variant
@@ -28,9 +35,21 @@ from typing import Callable
 
 import torch
 
-from hybridrft.config import SASRConfig
 from hybridrft.objectives.base import RL, SFT, StepPlan, register_objective
-from hybridrft.objectives.composite import SFTOrGRPOSteps
+from hybridrft.objectives.composite import PhaseLearningRates, SFTOrGRPOSteps
+
+
+@dataclass
+class SASRConfig(PhaseLearningRates):
+    """SASR (Chen et al. 2025, arXiv 2505.13026), Algorithm 1."""
+
+    warmup_steps: int = 10  # pure SFT steps before switching starts
+    gamma: float = 1.0  # p_t = G_sft / (G_sft + gamma * G_warmup)
+    choice_rule: str = "grad_norm"  # name of a registered rule (hybridrft.objectives.sasr.CHOICE_RULES)
+
+    def __post_init__(self):
+        if self.warmup_steps < 1:
+            raise ValueError("sasr.warmup_steps must be >= 1 (G_warmup is measured on the last warm-up step)")
 
 
 @dataclass
@@ -67,6 +86,8 @@ def grad_norm_rule(state: SASRState, cfg: SASRConfig) -> float:
 @register_objective
 class SASRObjective(SFTOrGRPOSteps):
     name = "sasr"
+    config_section = SASRConfig
+    summary_keys = (("sasr/p_t", "p_t"),)
 
     def __init__(self, config):
         super().__init__(config)
@@ -88,9 +109,7 @@ class SASRObjective(SFTOrGRPOSteps):
             info = {"sasr/p_t": p_t, "sasr/u": u, "sasr/warmup": 0.0}
         info["sasr/choice_sft"] = 1.0 if kind == SFT else 0.0
         self.state.choices.append(kind)
-        if kind == SFT:
-            return StepPlan(SFT, 0, self.config.sft.demos_per_prompt, info)
-        return StepPlan(RL, self.config.grpo.num_generations, 0, info)
+        return self.step_plan(kind, info)
 
     def after_step(self, step: int, plan: StepPlan, grad_norm: float) -> dict[str, float]:
         if plan.kind == SFT:

@@ -11,30 +11,82 @@ One stage, every step, three terms on two kinds of data. For prompt ``x`` with r
     L_RL_self  = w_RL * agg_{y+}(-logp_t) + agg_{y-}(logp_t)    on rollouts
     L          = L_SFT_demo + L_RL_demo + L_RL_self
 
-    w_SFT = sft_coef * sg(exp(sign * H)),  sft_coef = 0.5, sign = -1 (paper) or +1 (released code)
+    w_SFT = sft_coef * sg(exp(sign * H)),  sft_coef = 0.5, sign = -1
     w_RL  = rl_coef  * sg(exp(H)),         rl_coef  = 0.1
 
-``H`` is the detached mean token entropy of the policy at the configured granularity: ``sequence``
-(each sequence's own mean, default), ``token``, or ``batch`` (one mean over the whole step's tokens of
-that term, measured in a no-grad pass before the update). ``y+`` are the correct rollouts (reward at
-or above ``reward.correct_threshold``); with graded rewards (``positive_rule = auto`` and rewards
-that are not all 0 or the threshold) the rollouts with positive advantage.
+How the terms are normalised is where the sources differ (``normalisation``):
 
-``self_rollout_loss = "advantage"`` replaces ``L_RL_self`` by the GRPO clipped term on all rollout
-tokens, multiplied by ``w_RL`` on tokens of positive-advantage rollouts (the form reported for the
-released code); ``y+`` are then the positive-advantage rollouts.
+- ``joint`` (default; no official code exists, and this is the public re-implementation,
+  TsinghuaC3I/Unify-Post-Training ``hpt/verl/verl/mix_src/mix_core_alg.py``,
+  ``compute_token_on_off_policy_srft_loss``, with ``mix_actor.py``'s ``srft`` branch): every rollout
+  token and every demonstration token of ``L_RL_demo`` in one aggregation, a rollout token carrying
+  ``-c * logp_t`` with ``c = w_RL`` on ``y+`` and ``c = -1`` on ``y-``; ``L_SFT_demo`` a separate
+  aggregation over the demonstration tokens.
+- ``separate``: each of the four parts averaged over its own tokens, as the paper writes each term
+  as an expectation over its own set.
+
+``H`` is the detached mean token entropy of the policy at the configured granularity: ``sequence``
+(each sequence's own mean, as the re-implementation does; default), ``token``, or ``batch`` (one mean
+over the whole update batch's tokens of that term, measured in a no-grad pass before the update).
+``y+`` are the correct rollouts (reward at or above ``reward.correct_threshold``, as the
+re-implementation's ``correct_answer_mask``); with graded rewards (``positive_rule = auto`` and
+rewards that are not all 0 or the threshold) the rollouts with positive advantage. The ``y-`` term
+``+logp_t`` is unbounded below (nothing in the re-implementation's script clamps it), so the smallest
+log-prob on a negative rollout is logged every step (``srft/negative_logp_min``).
+
+Variants, not found in any public code: ``sft_entropy_sign = +1``, and ``self_rollout_loss =
+"advantage"``, which replaces ``L_RL_self`` by the GRPO clipped term on all rollout tokens, multiplied
+by ``w_RL`` on tokens of positive-advantage rollouts (``y+`` are then the positive-advantage rollouts).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
-from hybridrft.objectives.base import MIXED, Objective, StepPlan, masked_token_mean, register_objective, sequence_mask
-from hybridrft.objectives.grpo import ROLLOUT, rollout_mask
-from hybridrft.objectives.sft import DEMO, demo_mask
-from hybridrft.ops import clipped_surrogate, entropy_for_weights, entropy_weight, group_advantages, shaped_probability
+from hybridrft.objectives.base import (
+    COMPLETIONS,
+    DEMO,
+    MIXED,
+    ROLLOUT,
+    Objective,
+    StepPlan,
+    masked_token_mean,
+    register_objective,
+    sequence_mask,
+)
+from hybridrft.objectives.grpo import clipped_policy_terms, group_advantage
+from hybridrft.ops import entropy_for_weights, entropy_weight, shaped_probability
 
 POSITIVE, NEGATIVE = "positive", "negative"
+
+
+def _check(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"srft.{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class SRFTConfig:
+    """SRFT's weights and forms (group size and advantage options: the shared ``group`` section)."""
+
+    sft_coef: float = 0.5  # w_SFT = sft_coef * exp(sft_entropy_sign * H)
+    sft_entropy_sign: int = -1  # -1 as in the paper and the re-implementation; +1 a variant
+    rl_coef: float = 0.1  # w_RL = rl_coef * exp(H)
+    entropy_granularity: str = "sequence"  # sequence | token | batch
+    normalisation: str = "joint"  # joint (the public re-implementation) | separate (each term over its own tokens)
+    policy_shaping_gamma: Optional[float] = None  # f(p) = p/(p+gamma) on L_RL_demo; the re-implementation's script: 0.1
+    self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (a variant: w_RL x GRPO term on A>0 tokens)
+    positive_rule: str = "auto"  # auto | reward | advantage: which rollouts are y+
+
+    def __post_init__(self):
+        _check("entropy_granularity", self.entropy_granularity, ("sequence", "token", "batch"))
+        _check("sft_entropy_sign", self.sft_entropy_sign, (-1, 1))
+        _check("normalisation", self.normalisation, ("joint", "separate"))
+        _check("self_rollout_loss", self.self_rollout_loss, ("paper", "advantage"))
+        _check("positive_rule", self.positive_rule, ("auto", "reward", "advantage"))
 
 
 def positive_rollouts(batch, rule: str, correct_threshold: float) -> torch.Tensor:
@@ -59,76 +111,79 @@ def resolve_positive_rule(rule: str, rewards: torch.Tensor, correct_threshold: f
 @register_objective
 class SRFTObjective(Objective):
     name = "srft"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.cfg = config.srft
-        self.correct_threshold = config.reward.correct_threshold
-        self._rule = "reward"  # resolved per step in prepare(), from the full batch's rewards
+    config_section = SRFTConfig
+    defaults = {
+        # Unify-Post-Training exp_scripts/train_srft.sh: rollout.n=8 with n_prefix=1 (7 rollouts + 1 demonstration)
+        "group.num_generations": 7,
+        "group.demos_per_prompt": 1,
+        "group.advantage_stats": "mixed",  # Eq. 7; the script's adv_estimator=grpo groups every row by prompt
+        "grpo.entropy_coef": 0.001,  # train_srft.sh: entropy_coeff=0.001 over every response token
+    }
+    summary_keys = (("srft/w_sft", "w_sft"), ("srft/w_rl", "w_rl"))
 
     def plan(self, step: int) -> StepPlan:
-        return StepPlan(MIXED, rollouts_per_prompt=self.cfg.num_generations, demos_per_prompt=self.cfg.demos_per_prompt)
+        group = self.config.group
+        return StepPlan(MIXED, rollouts_per_prompt=group.num_generations, demos_per_prompt=group.demos_per_prompt)
 
     def prepare(self, batch, plan):
-        in_stats = None if self.cfg.include_demos_in_stats else ~batch.is_demo
-        batch.advantage = group_advantages(batch.reward, batch.group, in_stats=in_stats, scale=self.cfg.advantage_scale)
-        if self.cfg.self_rollout_loss == "advantage":
-            self._rule = "advantage"
+        cfg = self.config.srft
+        threshold = self.config.reward.correct_threshold
+        batch.advantage = group_advantage(batch, self.config.group, demos_in_stats=True)
+        if cfg.self_rollout_loss == "advantage":
+            rule = "advantage"
         else:
-            self._rule = resolve_positive_rule(self.cfg.positive_rule, batch.reward[~batch.is_demo], self.correct_threshold)
-        return {"srft/positives_by_advantage": float(self._rule == "advantage")}
-
-    def masks(self, batch, plan):
-        positive = positive_rollouts(batch, self._rule, self.correct_threshold)
-        return {
-            DEMO: demo_mask(batch),
-            ROLLOUT: rollout_mask(batch),
-            POSITIVE: sequence_mask(positive, batch.loss_mask),
-            NEGATIVE: sequence_mask(~positive & ~batch.is_demo, batch.loss_mask),
-        }
+            rule = resolve_positive_rule(cfg.positive_rule, batch.reward[~batch.is_demo], threshold)
+        positive = positive_rollouts(batch, rule, threshold)
+        batch.masks[POSITIVE] = sequence_mask(positive, batch.loss_mask)
+        batch.masks[NEGATIVE] = sequence_mask(~positive & ~batch.is_demo, batch.loss_mask)
+        return {"srft/positives_by_advantage": float(rule == "advantage")}
 
     def entropy_means_needed(self, plan):
-        return (DEMO, POSITIVE) if self.cfg.entropy_granularity == "batch" else ()
+        return (DEMO, POSITIVE) if self.config.srft.entropy_granularity == "batch" else ()
 
-    def _weight_entropy(self, entropy, mask, totals, name):
-        return entropy_for_weights(
-            entropy, mask, self.cfg.entropy_granularity, batch_mean=totals.entropy_mean.get(name)
-        )
+    def _weight(self, entropy, totals, batch, name, *, coef, sign):
+        cfg = self.config.srft
+        h = entropy_for_weights(entropy, batch.masks[name], cfg.entropy_granularity, batch_mean=totals.entropy_mean.get(name))
+        return entropy_weight(h, coef=coef, sign=sign)
 
     def loss(self, batch, out, totals, plan):
-        cfg = self.cfg
-        masks = self.masks(batch, plan)
+        cfg, masks = self.config.srft, batch.masks
         logp, advantage = out.logp, batch.advantage.unsqueeze(-1)
-
-        # demonstrations: entropy-weighted SFT plus off-policy RL with behaviour probability 1
-        w_sft = entropy_weight(
-            self._weight_entropy(out.entropy, masks[DEMO], totals, DEMO), coef=cfg.sft_coef, sign=cfg.sft_entropy_sign
-        )
-        sft_demo = self.agg(w_sft * -logp, masks[DEMO], totals[DEMO])
-        rl_demo = self.agg(-advantage * shaped_probability(logp, cfg.policy_shaping_gamma), masks[DEMO], totals[DEMO])
-        metrics = {
-            "loss/sft_demo": sft_demo.detach(),
-            "loss/rl_demo": rl_demo.detach(),
-            "srft/w_sft": masked_token_mean(w_sft, masks[DEMO], totals[DEMO]),
-        }
-
-        # own rollouts; w_RL is measured on (and, in "advantage" form, applied to) the y+ tokens
-        w_rl = entropy_weight(
-            self._weight_entropy(out.entropy, masks[POSITIVE], totals, POSITIVE), coef=cfg.rl_coef, sign=1.0
-        )
+        w_sft = self._weight(out.entropy, totals, batch, DEMO, coef=cfg.sft_coef, sign=cfg.sft_entropy_sign)
+        w_rl = self._weight(out.entropy, totals, batch, POSITIVE, coef=cfg.rl_coef, sign=1.0)
+        metrics = {"srft/w_sft": masked_token_mean(w_sft, masks[DEMO], totals[DEMO])}
         if totals[POSITIVE].num_tokens:  # undefined (not 0) when no rollout is positive
             metrics["srft/w_rl"] = masked_token_mean(w_rl, masks[POSITIVE], totals[POSITIVE])
-        if cfg.self_rollout_loss == "paper":
-            rl_pos = self.agg(w_rl * -logp, masks[POSITIVE], totals[POSITIVE])
-            rl_neg = self.agg(logp, masks[NEGATIVE], totals[NEGATIVE])
+        if masks[NEGATIVE].any():  # reduced with min over micro-batches (the _min suffix)
+            metrics["srft/negative_logp_min"] = logp.detach()[masks[NEGATIVE]].min()
+
+        # demonstrations: entropy-weighted SFT (always its own aggregation) and off-policy RL
+        sft_demo = self.agg(w_sft * -logp, masks[DEMO], totals[DEMO])
+        rl_demo_tokens = -advantage * shaped_probability(logp, cfg.policy_shaping_gamma)
+        if cfg.self_rollout_loss == "advantage":
+            per_token, _ = clipped_policy_terms(self.config.grpo, batch, out)
+            rl_self_tokens = torch.where(masks[POSITIVE], w_rl, torch.ones_like(w_rl)) * per_token
+            pos_tokens = neg_tokens = None
+        else:
+            pos_tokens, neg_tokens = w_rl * -logp, logp
+
+        if cfg.normalisation == "joint":  # one aggregation over every RL token; parts share its normaliser
+            total = totals[COMPLETIONS]
+            rl_demo = self.agg(rl_demo_tokens, masks[DEMO], total)
+            if pos_tokens is None:
+                rl_self = self.agg(rl_self_tokens, masks[ROLLOUT], total)
+            else:
+                rl_pos, rl_neg = self.agg(pos_tokens, masks[POSITIVE], total), self.agg(neg_tokens, masks[NEGATIVE], total)
+        else:
+            rl_demo = self.agg(rl_demo_tokens, masks[DEMO], totals[DEMO])
+            if pos_tokens is None:
+                rl_self = self.agg(rl_self_tokens, masks[ROLLOUT], totals[ROLLOUT])
+            else:
+                rl_pos = self.agg(pos_tokens, masks[POSITIVE], totals[POSITIVE])
+                rl_neg = self.agg(neg_tokens, masks[NEGATIVE], totals[NEGATIVE])
+        if pos_tokens is not None:
             rl_self = rl_pos + rl_neg
             metrics["loss/rl_self_pos"] = rl_pos.detach()
             metrics["loss/rl_self_neg"] = rl_neg.detach()
-        else:
-            per_token, _ = clipped_surrogate(
-                logp, logp.detach(), advantage, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
-            )
-            scale = torch.where(masks[POSITIVE], w_rl, torch.ones_like(w_rl))
-            rl_self = self.agg(scale * per_token, masks[ROLLOUT], totals[ROLLOUT])
-        metrics["loss/rl_self"] = rl_self.detach()
+        metrics.update({"loss/sft_demo": sft_demo.detach(), "loss/rl_demo": rl_demo.detach(), "loss/rl_self": rl_self.detach()})
         return sft_demo + rl_demo + rl_self, metrics

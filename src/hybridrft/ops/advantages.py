@@ -26,10 +26,13 @@ def group_advantages(
         scale: ``group`` divides by the group's std, ``batch`` by the std of all rewards that enter
             the statistics, ``none`` does not divide (Dr. GRPO).
 
-    The std is the unbiased sample std (as in the GRPO reference implementations). Statistics with
-    no spread (equal rewards, or a single member) divide by 1 instead of ``0 + eps``, as LUFFY's
-    released code does: the members inside them get advantage 0 either way, and a member outside
-    them (a demonstration that solved a prompt no rollout solved) gets ``r - mean``, not ``1e6``.
+    The std is the unbiased sample std (as in the GRPO reference implementations). Statistics of a
+    single member have mean 0 and std 1, so that member's advantage is its reward, as verl's
+    ``compute_grpo_outcome_advantage`` and LUFFY's code give it. Statistics with no spread (equal
+    rewards) divide by 1 instead of ``0 + eps``, as LUFFY's rollouts-only estimator
+    (``compute_grpo_outcome_advantage_split``) does: the members inside them get advantage 0 either
+    way, and a member outside them (a demonstration that solved a prompt no rollout solved) gets
+    ``r - mean``, not ``1e6``.
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
@@ -42,7 +45,7 @@ def group_advantages(
         stats = rewards[members & in_stats]
         if stats.numel() == 0:
             continue
-        centred = rewards[members] - stats.mean()
+        centred = rewards[members] - (stats.mean() if stats.numel() > 1 else 0.0)
         if scale == "group":
             centred = centred / (_spread(stats) + eps)
         advantages[members] = centred
@@ -52,6 +55,6 @@ def group_advantages(
 
 
 def _spread(stats: torch.Tensor) -> torch.Tensor:
-    """Unbiased std, or 1 where it is 0 or undefined (see ``group_advantages``)."""
+    """Unbiased std, or 1 where it is 0 or undefined (a single member; see ``group_advantages``)."""
     std = stats.std() if stats.numel() > 1 else stats.new_tensor(0.0)
     return torch.where(std > 0, std, torch.ones_like(std))

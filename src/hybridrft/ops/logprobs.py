@@ -137,13 +137,22 @@ def chunked_logprobs_and_entropy(
     bias: torch.Tensor | None = None,
     chunk_size: int = 1024,
     vocab_tile: int = VOCAB_TILE,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project ``hidden [B, T, D]`` through ``weight [V, D]``, ``chunk_size`` positions at a time.
 
-    Returns ``(logp [B, T], entropy [B, T])`` in float32 for the given ``targets [B, T]``. At most
-    ``chunk_size x vocab_tile`` logits exist at once, in the forward and in the backward (which
-    rebuilds them; see ``_VocabProjection``).
+    Returns ``(logp [B, T], entropy [B, T])`` in float32 for the given ``targets [B, T]``, of the
+    distribution ``softmax(logits / temperature)``: the one a sampler at that temperature draws
+    from, as verl (``logits.div_(temperature)`` in ``dp_actor.py``) and TRL's GRPOTrainer score
+    their rollouts. At most ``chunk_size x vocab_tile`` logits exist at once, in the forward and in
+    the backward (which rebuilds them; see ``_VocabProjection``).
     """
+    if temperature != 1.0:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        # (h W^T + b) / T = (h / T) W^T + b / T; autograd carries the 1/T into the gradients
+        hidden = hidden / temperature
+        bias = None if bias is None else bias / temperature
     batch, length, dim = hidden.shape
     logp, entropy = _VocabProjection.apply(
         hidden.reshape(-1, dim), weight, bias, targets.reshape(-1), max(1, chunk_size), max(1, vocab_tile)
@@ -157,8 +166,9 @@ def token_logprobs_and_entropy(
     attention_mask: torch.Tensor,
     *,
     chunk_size: int = 1024,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob and entropy of each next token under a Hugging Face causal LM.
+    """Log-prob and entropy of each next token under a Hugging Face causal LM, at ``temperature``.
 
     Position ``t`` of the outputs scores token ``input_ids[:, t]`` given the tokens before it, so the
     outputs line up with ``input_ids`` (position 0, which has no context, is 0). Loss masks built over
@@ -169,7 +179,7 @@ def token_logprobs_and_entropy(
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     # hidden[:, t] predicts input_ids[:, t + 1]
     logp, entropy = chunked_logprobs_and_entropy(
-        hidden[:, :-1], head.weight, input_ids[:, 1:], bias=head.bias, chunk_size=chunk_size
+        hidden[:, :-1], head.weight, input_ids[:, 1:], bias=head.bias, chunk_size=chunk_size, temperature=temperature
     )
     pad = logp.new_zeros(logp.shape[0], 1)
     return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy], dim=1)
@@ -183,6 +193,7 @@ def shared_prompt_logprobs_and_entropy(
     group: torch.Tensor,
     *,
     chunk_size: int = 1024,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logprobs_and_entropy`` for rows that share prompts, running each prompt once.
 
@@ -234,7 +245,7 @@ def shared_prompt_logprobs_and_entropy(
     predicting = torch.cat([repeat_rows(last_hidden, counts)[:, None], hidden[:, :-1]], dim=1)
     logp, entropy = chunked_logprobs_and_entropy(
         predicting[completion_mask][None], head.weight, completion_ids[completion_mask][None],
-        bias=head.bias, chunk_size=chunk_size,
+        bias=head.bias, chunk_size=chunk_size, temperature=temperature,
     )
 
     # back to input_ids coordinates and the caller's row order

@@ -28,9 +28,12 @@ def clipped_surrogate(
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of ``KL(pi || pi_ref)``: ``exp(ref - logp) - (ref - logp) - 1`` (>= 0)."""
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1.0
+    """Schulman's k3 estimator of ``KL(pi || pi_ref)``: ``exp(ref - logp) - (ref - logp) - 1`` (>= 0),
+    clamped as verl's ``low_var_kl`` is: the log-ratio to [-20, 20], the estimate to at most 10
+    (verl/trainer/ppo/core_algos.py, ``kl_penalty``), so one token the policy has left far behind
+    cannot dominate the step."""
+    delta = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)
+    return torch.clamp(torch.exp(delta) - delta - 1.0, min=-10.0, max=10.0)
 
 
 def shaped_probability(logp: torch.Tensor, gamma: float | None) -> torch.Tensor:

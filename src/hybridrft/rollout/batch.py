@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -23,8 +23,12 @@ class RolloutBatch:
     reward: torch.Tensor  # [N] float
     truncated: torch.Tensor  # [N] bool: a rollout hit max_new_tokens without EOS
     advantage: torch.Tensor | None = None  # [N] float, set by the objective
-    old_logp: torch.Tensor | None = None  # [N, T], when a batch is reused for several updates
-    ref_logp: torch.Tensor | None = None  # [N, T], reference policy (KL penalty)
+    old_logp: torch.Tensor | None = None  # [N, T], when a batch is used for several updates
+    ref_logp: torch.Tensor | None = None  # [N, T], reference policy (KL penalty, KL diagnostic)
+    # written by the objective's prepare(), read by its loss(): named token masks [N, T] bool and
+    # named per-sequence coefficients [N]; both are sliced with the rows like every other field
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    coefficients: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -40,18 +44,35 @@ class RolloutBatch:
     def select(self, index: torch.Tensor | list[int]) -> "RolloutBatch":
         """Rows ``index``, with trailing all-padding columns dropped."""
         index = torch.as_tensor(index, dtype=torch.long)
-        rows = {}
+        width = int(self.attention_mask[index].sum(-1).max()) if len(index) else 0
+
+        def rows(value: torch.Tensor, per_token: bool) -> torch.Tensor:
+            value = value[index.to(value.device)]
+            return value[:, :width] if per_token else value
+
+        out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            rows[f.name] = None if value is None else value[index]
-        width = int(rows["attention_mask"].sum(-1).max()) if len(index) else 0
-        for name in ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp"):
-            if rows[name] is not None:
-                rows[name] = rows[name][:, :width]
-        return RolloutBatch(**rows)
+            if value is None:
+                out[f.name] = None
+            elif f.name in ("masks", "coefficients"):
+                out[f.name] = {name: rows(v, f.name == "masks") for name, v in value.items()}
+            else:
+                out[f.name] = rows(value, f.name in PER_TOKEN_FIELDS)
+        return RolloutBatch(**out)
 
     def to(self, device) -> "RolloutBatch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if getattr(self, f.name) is not None})
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                moved[f.name] = {name: v.to(device) for name, v in value.items()}
+            elif value is not None:
+                moved[f.name] = value.to(device)
+        return replace(self, **moved)
+
+
+PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp")
 
 
 def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:

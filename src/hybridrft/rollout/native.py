@@ -26,11 +26,18 @@ from hybridrft.rollout.sampler import Completion, SamplingParams, TokenSampler
 COMPACT_WHEN_FINISHED = 0.25  # compact once this fraction of the rows in the batch has finished
 
 
-def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from ``logits [R, V]``: greedy at temperature 0, else temperature and top-p sampling."""
+def next_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token per row from ``logits [R, V]``: greedy at temperature 0, else temperature and top-p sampling.
+
+    Returns the tokens and, when sampling, their log-probabilities under ``softmax(logits / T)``
+    (before top-p truncation: the distribution the training forward scores them under).
+    """
     if params.temperature <= 0:
-        return logits.argmax(-1)
+        return logits.argmax(-1), None
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    tempered = probs
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
@@ -40,7 +47,8 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     # inverse-CDF sampling: one uniform number per row (multinomial draws one per vocabulary entry)
     cdf = probs.cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    chosen = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    return chosen, tempered.gather(-1, chosen[:, None]).squeeze(-1).log()
 
 
 SKINNY_ROWS = 32  # at most this many activation rows take the weight-major product on CPU
@@ -134,13 +142,16 @@ class NativeSampler(TokenSampler):
         rows = torch.arange(total, device=device)  # original row of each row still in the batch
         ended = torch.zeros(total, dtype=torch.bool, device=device)  # per row in the batch: EOS emitted
         tokens: list[list[int]] = [[] for _ in range(total)]
+        logprobs: list[list[float]] = [[] for _ in range(total)]
         eos = torch.tensor(self.eos_ids, device=device)
 
         for t in range(budget):
-            chosen = next_tokens(logits, params, generator)
-            for row, token, was_ended in zip(rows.tolist(), chosen.tolist(), ended.tolist()):
+            chosen, chosen_logp = next_tokens(logits, params, generator)
+            chosen_logp = [None] * len(rows) if chosen_logp is None else chosen_logp.tolist()
+            for row, token, logp, was_ended in zip(rows.tolist(), chosen.tolist(), chosen_logp, ended.tolist()):
                 if not was_ended:
                     tokens[row].append(token)
+                    logprobs[row].append(logp)
             ended |= torch.isin(chosen, eos)
             if t == budget - 1 or bool(ended.all()):
                 break
@@ -158,4 +169,8 @@ class NativeSampler(TokenSampler):
                 use_cache=True,
             ).logits[:, -1]
 
-        return [self.completion(index, tokens[row], budget) for row, index in enumerate(prompt_index)]
+        sampled = params.temperature > 0
+        return [
+            self.completion(index, tokens[row], budget, logprobs[row] if sampled else None)
+            for row, index in enumerate(prompt_index)
+        ]

@@ -24,6 +24,9 @@ class Completion:
     text: str  # decoded without special tokens
     finished: bool  # ended with EOS
     truncated: bool  # stopped at max_new_tokens without EOS
+    # log-prob of each token under the sampling distribution softmax(logits / temperature), when the
+    # sampler records it (NativeSampler, when sampling); None otherwise
+    logprobs: list[float] | None = None
 
 
 class Sampler(Protocol):
@@ -53,7 +56,15 @@ class TokenSampler:
         finally:
             self.model.train(was_training)
 
-    def completion(self, prompt_index: int, token_ids: list[int], max_new_tokens: int) -> Completion:
+    @property
+    def stop_token_id(self) -> int:
+        """The EOS a completion ends with: the first of the ids the sampler stops on (the generation
+        config's, which for chat models is the end-of-turn token). Demonstrations end with it too."""
+        return self.eos_ids[0]
+
+    def completion(
+        self, prompt_index: int, token_ids: list[int], max_new_tokens: int, logprobs: list[float] | None = None
+    ) -> Completion:
         end = next((k for k, t in enumerate(token_ids) if t in self.eos_ids), None)
         tokens = token_ids if end is None else token_ids[: end + 1]
         return Completion(
@@ -62,6 +73,7 @@ class TokenSampler:
             text=self.tokenizer.decode(tokens, skip_special_tokens=True),
             finished=end is not None,
             truncated=end is None and len(tokens) >= max_new_tokens,
+            logprobs=None if logprobs is None else logprobs[: len(tokens)],
         )
 
 

@@ -76,15 +76,22 @@ class StepProgress:
         ("accuracy/rollout", "acc"),
         ("entropy/rollout", "H_roll"),
         ("entropy/demo", "H_demo"),
-        ("srft/w_sft", "w_sft"),
-        ("srft/w_rl", "w_rl"),
-        ("sasr/p_t", "p_t"),
         ("grad_norm", "|g|"),
         ("time/step", "s/step"),
     )
 
-    def __init__(self, total_steps: int, start_step: int = 0, method: str = "", log_every: int = 1, console: Console | None = None):
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        method: str = "",
+        log_every: int = 1,
+        console: Console | None = None,
+        method_keys: tuple[tuple[str, str], ...] = (),
+    ):
+        """``method_keys``: the method's own (metric, label) pairs for the summary line."""
         self.console = console or Console(stderr=True, log_path=False)
+        self.summary_keys = self.SUMMARY_KEYS[:-2] + tuple(method_keys) + self.SUMMARY_KEYS[-2:]
         self.log_every = max(log_every, 1)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -106,7 +113,7 @@ class StepProgress:
         return False
 
     def summary(self, metrics: dict[str, Any]) -> str:
-        parts = [f"{label}={metrics[key]:.3g}" for key, label in self.SUMMARY_KEYS if isinstance(metrics.get(key), (int, float))]
+        parts = [f"{label}={metrics[key]:.3g}" for key, label in self.summary_keys if isinstance(metrics.get(key), (int, float))]
         return " ".join(parts)
 
     def step_done(self, metrics: dict[str, Any]) -> None:

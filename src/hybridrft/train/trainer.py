@@ -27,10 +27,7 @@ from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
 from hybridrft.eval import EvalResult, evaluate
 from hybridrft.models import load_policy, load_tokenizer, save_policy
-from hybridrft.objectives import BatchTotals, PolicyOutputs, StepPlan, build_objective
-from hybridrft.objectives.base import masked_token_mean
-from hybridrft.objectives.grpo import rollout_mask
-from hybridrft.objectives.sft import demo_mask
+from hybridrft.objectives import SFT, BatchTotals, PolicyOutputs, StepPlan, build_objective
 from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.ops import MaskTotals, shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy
 from hybridrft.rewards import combine_rewards, get_reward, reward_counters
@@ -48,8 +45,6 @@ from hybridrft.train.logging import MetricsLogger, StepProgress
 from hybridrft.train.memory import return_freed_blocks_at_once
 
 logger = logging.getLogger(__name__)
-
-ALL_ROLLOUTS, ALL_DEMOS = "all_rollouts", "all_demos"
 
 @dataclass
 class PromptSet:
@@ -75,6 +70,20 @@ def _synchronized_clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def _mean_over_updates(per_update: list[dict[str, float]]) -> dict[str, float]:
+    """A step's metrics from its updates: the mean of each (time: the sum; extremes: the extreme)."""
+    out: dict[str, float] = {}
+    for name in {name for update in per_update for name in update}:
+        values = [update[name] for update in per_update if name in update]
+        if name.startswith("time/"):
+            out[name] = sum(values)
+        elif name.endswith("_min"):
+            out[name] = min(values)
+        else:
+            out[name] = sum(values) / len(values)
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -230,10 +239,12 @@ class Trainer:
         return self._order
 
     def _demonstration_ids(self, example: Example, count: int) -> tuple[list[list[int]], list[str], int]:
-        """The first ``count`` demonstrations (cycled if fewer), tokenized, EOS-terminated, length-capped."""
+        """The first ``count`` demonstrations (cycled if fewer), tokenized, length-capped, and ended
+        with the EOS the sampler stops on, so the policy learns to end a demonstration the way its
+        own rollouts end (LUFFY's rollout code appends the tokenizer's EOS id the same way)."""
         if not example.demonstrations:
             raise ValueError(f"example {example.id} has no demonstration but the method trains on demonstrations")
-        eos = self.tokenizer.eos_token_id
+        eos = self.sampler.stop_token_id
         limit = self.config.data.max_demo_tokens
         ids, texts, truncated = [], [], 0
         for j in range(count):
@@ -248,17 +259,30 @@ class Trainer:
     # ------------------------------------------------------------------ the step
 
     def training_step(self, step: int) -> dict[str, Any]:
-        """One optimisation step; returns its metrics."""
+        """One step: one generation batch, then one or more optimizer updates on it; returns its metrics."""
+        cfg = self.config.train
         t_start = time.perf_counter()
         counts_before = reward_counters()  # process-wide counters: the step logs its own share
         plan, batch, metrics = self.collect(step)
         t_train = time.perf_counter()
-        metrics.update(self.compute_gradients(batch, plan))
-        metrics.update(self.optimizer_step(step, plan))
+        self._set_learning_rate(plan)
+        updates = cfg.updates_per_batch * cfg.epochs_per_batch
+        if updates > 1 and plan.kind != SFT:  # the behaviour policy of every later update's ratio
+            batch.old_logp = self._logprobs(batch, self.model)
+        if self.reference is not None:
+            batch.ref_logp = self._logprobs(batch, self.reference)
+        per_update: list[dict[str, float]] = []
+        for _ in range(cfg.epochs_per_batch):
+            for rows in self._update_batches(batch):
+                update = batch.select(rows)
+                per_update.append({**self.compute_gradients(update, plan), **self.optimizer_update()})
+        metrics.update(_mean_over_updates(per_update))
+        self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
+        metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
         step_s = time.perf_counter() - t_start
         metrics["time/train"] = time.perf_counter() - t_train
         metrics["time/step"] = step_s
-        metrics["throughput/tokens_per_s"] = metrics["tokens/trained"] / step_s
+        metrics["throughput/tokens_per_s"] = metrics["tokens/trained"] * updates / step_s
         metrics.update({name: total - counts_before[name] for name, total in reward_counters().items()})
         return metrics
 
@@ -318,7 +342,7 @@ class Trainer:
             truncated=[r[4] for r in rows],
             pad_id=self.tokenizer.pad_token_id,
         )
-        metrics.update(self.objective.prepare(batch, plan))
+        metrics.update(self.objective.prepare_batch(batch, plan))
         metrics.update(self._batch_metrics(batch, per_fn, demo_truncated))
         metrics.update(
             {
@@ -335,34 +359,25 @@ class Trainer:
         return plan, batch, metrics
 
     def compute_gradients(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
-        """Step 6: loss and backward over length-sorted micro-batches, normalised by full-batch totals.
-
-        Each micro-batch loss is divided by the whole batch's token/sequence counts, so the gradients
-        accumulated over micro-batches equal the gradient of the full-batch loss.
-        """
-        masks = self.objective.masks(batch, plan)
-        masks[ALL_ROLLOUTS] = rollout_mask(batch)  # for the entropy diagnostics of every method
-        masks[ALL_DEMOS] = demo_mask(batch)
-        totals = BatchTotals({name: self._global_totals(mask) for name, mask in masks.items()})
+        """Loss and backward of one update batch over length-sorted micro-batches, normalised by the
+        update batch's totals: the accumulated gradients equal the gradient of the full-batch loss."""
+        totals = BatchTotals({name: self._global_totals(mask) for name, mask in batch.masks.items()})
         micro_batches = self._micro_batches(batch)
         entropy_masks = self.objective.entropy_means_needed(plan)
         if entropy_masks:  # batch-granularity weights need the whole batch's entropy first
-            totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, masks, totals)
+            totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, totals)
 
         device = self.accelerator.device
         scale = float(self.accelerator.num_processes)  # DDP averages gradients; our totals are global
         sums: dict[str, float] = {"loss": 0.0, "time/forward": 0.0, "time/backward": 0.0}
         for k, index in enumerate(micro_batches):
             micro = batch.select(index).to(device)
-            if self.reference is not None:
-                with torch.no_grad():
-                    micro.ref_logp = self._forward(micro, self.reference).logp
             last = k == len(micro_batches) - 1
-            # gradients are all-reduced once per step, on the last micro-batch
+            # gradients are all-reduced once per update, on the last micro-batch
             with nullcontext() if last else self.accelerator.no_sync(self.model):
                 t_forward = time.perf_counter()
                 out = self._forward(micro)
-                loss, term_metrics = self.objective.loss(micro, out, totals, plan)
+                loss, term_metrics = self.objective.step_loss(micro, out, totals, plan)
                 loss_value = float(loss.detach())  # also waits for an accelerator, so the split below is honest
                 t_backward = time.perf_counter()
                 self.accelerator.backward(loss * scale)
@@ -370,29 +385,57 @@ class Trainer:
             sums["time/backward"] += _synchronized_clock(device) - t_backward
             sums["loss"] += loss_value
             for name, value in term_metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
-            # entropy diagnostics: token means over rollouts and over demonstrations
-            for label, mask_name, mask in (
-                ("entropy/rollout", ALL_ROLLOUTS, rollout_mask(micro)),
-                ("entropy/demo", ALL_DEMOS, demo_mask(micro)),
-            ):
-                if totals[mask_name].num_tokens:
-                    sums[label] = sums.get(label, 0.0) + float(masked_token_mean(out.entropy, mask, totals[mask_name]))
+                # metrics are contributions that add up over micro-batches, except extremes
+                if name.endswith("_min"):
+                    sums[name] = min(sums.get(name, math.inf), float(value))
+                else:
+                    sums[name] = sums.get(name, 0.0) + float(value)
         return sums
 
-    def optimizer_step(self, step: int, plan: StepPlan) -> dict[str, float]:
-        """Steps 7-8: record the pre-clip gradient norm, clip, AdamW and LR schedule, tell the objective."""
+    def optimizer_update(self) -> dict[str, float]:
+        """Record the pre-clip gradient norm, clip, take the AdamW step, zero the gradients."""
         t_start = time.perf_counter()
         grad_norm = self._clip_gradients()
-        metrics = {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        metrics = {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
         self.optimizer.step()
-        self.scheduler.step()
         # zeroed in place, not freed: gradient buffers reallocated every step among the backward's
         # temporaries fragment the heap (about 60 MB more peak memory for SmolLM2 on CPU)
         self.optimizer.zero_grad(set_to_none=False)
         metrics["time/optimizer"] = _synchronized_clock(self.accelerator.device) - t_start
-        metrics.update(self.objective.after_step(step, plan, grad_norm))
         return metrics
+
+    def _set_learning_rate(self, plan: StepPlan) -> None:
+        """The step's base learning rate (a method may set one per phase) under the schedule, and
+        the optimizer reset a phase switch asks for."""
+        if plan.reset_optimizer:
+            self.optimizer.state.clear()  # AdamW's moments start again, as in a new run
+            logger.info("optimizer state reset before step %d", self.step)
+        base = plan.learning_rate or self.config.train.learning_rate
+        self.scheduler.base_lrs = [base] * len(self.scheduler.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+
+    def _update_batches(self, batch: RolloutBatch) -> list[list[int]]:
+        """Rows of each optimizer update: the step's prompt groups in ``updates_per_batch`` equal parts."""
+        parts = self.config.train.updates_per_batch
+        if parts == 1:
+            return [list(range(len(batch)))]
+        groups = batch.group.unique().tolist()
+        size = -(-len(groups) // parts)
+        return [
+            torch.isin(batch.group, torch.tensor(groups[i : i + size])).nonzero().squeeze(-1).tolist()
+            for i in range(0, len(groups), size)
+        ]
+
+    @torch.no_grad()
+    def _logprobs(self, batch: RolloutBatch, model) -> torch.Tensor:
+        """``[N, T]`` log-probs of every token of ``batch`` under ``model`` (old or reference policy)."""
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for index in self._micro_batches(batch):
+            micro = batch.select(index).to(self.accelerator.device)
+            logp = self._forward(micro, model).logp
+            out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])] = logp.float().cpu()
+        return out
 
     def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
         size = self.config.train.micro_batch_size
@@ -403,24 +446,28 @@ class Trainer:
     def _forward(self, micro: RolloutBatch, model=None) -> PolicyOutputs:
         model = self.model if model is None else model
         chunk = self.config.train.logprob_chunk_size
+        # the distribution the rollouts were drawn from: logits / rollout.temperature
+        temperature = self.config.rollout.temperature if self.config.rollout.temperature > 0 else 1.0
         if self.config.train.shared_prompt_forward:
             logp, entropy = shared_prompt_logprobs_and_entropy(
-                model, micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group, chunk_size=chunk
+                model, micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group,
+                chunk_size=chunk, temperature=temperature,
             )
         else:
-            logp, entropy = token_logprobs_and_entropy(model, micro.input_ids, micro.attention_mask, chunk_size=chunk)
+            logp, entropy = token_logprobs_and_entropy(
+                model, micro.input_ids, micro.attention_mask, chunk_size=chunk, temperature=temperature
+            )
         return PolicyOutputs(logp=logp, entropy=entropy)
 
     @torch.no_grad()
-    def _batch_entropy_means(self, batch, micro_batches, names, masks, totals) -> dict[str, float]:
+    def _batch_entropy_means(self, batch, micro_batches, names, totals) -> dict[str, float]:
         """Full-batch mean token entropy over the named masks (for batch-granularity weights)."""
         sums = {name: 0.0 for name in names}
         for index in micro_batches:
             micro = batch.select(index).to(self.accelerator.device)
             entropy = self._forward(micro).entropy
             for name in names:
-                mask = masks[name][index].to(entropy.device)[:, : entropy.shape[1]]
-                sums[name] += float((entropy * mask).sum())
+                sums[name] += float((entropy * micro.masks[name]).sum())
         return {name: sums[name] / max(totals[name].num_tokens, 1.0) for name in names}
 
     def _global_totals(self, mask: torch.Tensor) -> MaskTotals:
@@ -460,6 +507,12 @@ class Trainer:
                 out[f"reward/{name}"] = float(torch.tensor(scores)[rollout].mean())
             if batch.advantage is not None:
                 out["advantage/abs_mean"] = float(batch.advantage[rollout].abs().mean())
+            # HPT's and LUFFY's diagnostic: groups whose rollouts all, or none, solved the prompt
+            solved = torch.zeros(int(batch.group.max()) + 1).index_add_(0, batch.group[rollout], (r >= threshold).float())
+            sizes = torch.zeros_like(solved).index_add_(0, batch.group[rollout], torch.ones_like(r))
+            sampled = sizes > 0
+            out["groups/all_correct"] = float((solved[sampled] == sizes[sampled]).float().mean())
+            out["groups/none_correct"] = float((solved[sampled] == 0).float().mean())
         if demo.any():
             r = batch.reward[demo]
             out["reward/demo_mean"] = float(r.mean())
@@ -513,7 +566,9 @@ class Trainer:
         (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
         if cfg.report_to:
             self.accelerator.init_trackers(self.output_dir.name)
-        with StepProgress(cfg.max_steps, self.step, self.config.method, cfg.log_every) as progress:
+        with StepProgress(
+            cfg.max_steps, self.step, self.config.method, cfg.log_every, method_keys=self.objective.summary_keys
+        ) as progress:
             if self.step == 0 and self.config.eval.at_start:
                 self._run_eval(progress)
             while self.step < last_step:
