@@ -221,3 +221,24 @@ def test_entropy_weights_match_srft_definitions():
     # w_SFT = 0.5 exp(-H), w_RL = 0.1 exp(H)
     torch.testing.assert_close(entropy_weight(h, coef=0.5, sign=-1), torch.tensor([0.5, 0.18394, 0.067668]), atol=1e-5, rtol=0)
     torch.testing.assert_close(entropy_weight(h, coef=0.1, sign=1), torch.tensor([0.1, 0.271828, 0.738906]), atol=1e-5, rtol=0)
+
+
+def test_k3_is_clamped_as_verls_low_var_kl():
+    # ref - logp = 30 is clamped to 20 before exp, and the estimate to 10
+    assert k3_kl(torch.tensor(-30.0), torch.tensor(0.0)).item() == 10.0
+    # ref - logp = -50 is clamped to -20, and e^-20 + 20 - 1 = 19 to 10
+    assert k3_kl(torch.tensor(0.0), torch.tensor(-50.0)).item() == 10.0
+    # inside the bounds it is the plain estimator: ref - logp = 2 -> e^2 - 3 = 4.389
+    assert k3_kl(torch.tensor(-2.0), torch.tensor(0.0)).item() == pytest.approx(math.exp(2) - 3, rel=1e-6)
+    logp = torch.tensor(-30.0, requires_grad=True)
+    k3_kl(logp, torch.tensor(0.0)).backward()
+    assert logp.grad.item() == 0.0  # a clamped estimate sends no gradient
+
+
+def test_group_of_one_gets_its_reward_as_advantage():
+    # verl / LUFFY compute_grpo_outcome_advantage: a single member has mean 0 and std 1
+    rewards, group = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 1, 1])
+    adv = group_advantages(rewards, group)
+    assert adv[0].item() == pytest.approx(1.0 / (1.0 + 1e-6))
+    torch.testing.assert_close(adv[1:], torch.tensor([-0.70711, 0.70711]), atol=1e-4, rtol=0)
+    assert group_advantages(torch.tensor([0.7]), torch.tensor([0]), scale="none").item() == pytest.approx(0.7)

@@ -127,6 +127,9 @@ def evaluate_command(
         None, "--system-prompt", help="System message before every problem.", show_default=False
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the option order and of sampling."),
+    correct_threshold: float = typer.Option(
+        1.0, "--correct-threshold", help="A completion whose score is at least this counts as correct (reward.correct_threshold)."
+    ),
     shuffle_options: bool = typer.Option(
         True, "--shuffle-options/--keep-option-order", help="Multiple choice: show the options in a seeded shuffled order."
     ),
@@ -260,7 +263,7 @@ def evaluate_command(
                     run_benchmark(
                         benchmark, sampler=sampler, tokenizer=tokenizer, output_dir=output, settings=settings,
                         samples=samples, pass_ks=ks, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                        overwrite=overwrite, hooks=hooks,
+                        overwrite=overwrite, hooks=hooks, correct_threshold=correct_threshold,
                     )
                 )
             except BenchmarkError as error:

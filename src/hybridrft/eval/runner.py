@@ -184,12 +184,18 @@ def score_completions(answer_type: str, examples: list[Example], texts: list[str
 
 
 def _record(
-    example: Example, sample: int, completion, score: float, extracted: str | None, settings: GenerationSettings
+    example: Example,
+    sample: int,
+    completion,
+    score: float,
+    extracted: str | None,
+    settings: GenerationSettings,
+    correct_threshold: float,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": example.id,
         "sample": sample,
-        "correct": score >= 1.0,
+        "correct": score >= correct_threshold,
         "score": score,
         "extracted": extracted,
         "answer": example.answer,
@@ -219,9 +225,11 @@ def run_benchmark(
     max_prompt_tokens: int = 2048,
     overwrite: bool = False,
     hooks: ProgressHooks | None = None,
+    correct_threshold: float = 1.0,
 ) -> BenchmarkResult:
     """Generate ``samples`` completions per problem (only those not already in the generations
-    file), score them, append them to the file, and summarise the benchmark."""
+    file), score them, append them to the file, and summarise the benchmark. A completion is
+    correct when its score is at least ``correct_threshold`` (a run's ``reward.correct_threshold``)."""
     hooks = hooks or ProgressHooks()
     pass_ks = list(pass_ks or [])
     instruction = CHOICE_INSTRUCTION if benchmark.answer_type == "choice" else DEFAULT_ANSWER_INSTRUCTION
@@ -253,7 +261,7 @@ def run_benchmark(
             completions = sampler.generate([prompt_ids[i] for i, _ in chunk], params, seed=seed)
             scores, extracted = score_completions(benchmark.answer_type, chunk_examples, [c.text for c in completions])
             for (i, sample), completion, score, answer in zip(chunk, completions, scores, extracted):
-                record = _record(examples[i], sample, completion, score, answer, settings)
+                record = _record(examples[i], sample, completion, score, answer, settings, correct_threshold)
                 records[(examples[i].id, sample)] = record
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
