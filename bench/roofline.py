@@ -76,7 +76,7 @@ def training_step_mfu(model_name: str, repeats: int, peak: float, workdir: Path,
 
     rows, prompt_len, completion_len = 16, 64, 192
     config = load_config(overrides=[
-        "method=grpo", f"model.name_or_path={model_name}", "grpo.num_generations=1", "reward.functions=[math]",
+        "method=grpo", f"model.name_or_path={model_name}", "group.num_generations=1", "reward.functions=[math]",
         "reward.weights=[1.0]", f"train.micro_batch_size={micro_batch}", f"train.output_dir={workdir}/mfu",
         "train.overwrite=true", "train.prompts_per_step=16", "eval.size=0", "eval.at_start=false",
     ])
@@ -91,14 +91,15 @@ def training_step_mfu(model_name: str, repeats: int, peak: float, workdir: Path,
         reward=[float(i % 2) for i in range(rows)], truncated=[True] * rows, pad_id=0,
     )
     plan = trainer.objective.plan(1)
-    trainer.objective.prepare(batch, plan)
-    # a group of one has zero advantage; give each row a non-zero one so the backward is real
+    trainer.objective.prepare_batch(batch, plan)
+    # a group of one's advantage is its reward (0 for half the rows); give every row a non-zero one
+    # so that the backward is real everywhere
     batch.advantage = torch.linspace(-1.0, 1.0, rows)
     times, splits = [], []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         metrics = trainer.compute_gradients(batch, plan)
-        metrics.update(trainer.optimizer_step(1, plan))
+        metrics.update(trainer.optimizer_update())
         times.append(time.perf_counter() - start)
         splits.append({k: metrics[k] for k in ("time/forward", "time/backward", "time/optimizer")})
     times, splits = times[1:], splits[1:]  # the first step warms up allocator and caches

@@ -40,7 +40,7 @@ def test_train_writes_a_run_folder_with_plots(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "final_model/model.safetensors", "report.html", "plots/loss.png",
-                 "plots/reward.png", "plots/entropy.png", "plots/weights.png"):
+                 "plots/reward.png", "plots/entropy.png", "plots/method.png"):
         assert (run / name).is_file(), name
     # resume from the finished run's checkpoint with more steps
     result = runner.invoke(app, ["train", str(tiny_recipe(tmp_path, tiny_model_dir)), "train.max_steps=3", "--resume"])

@@ -58,3 +58,37 @@ def test_one_method_per_objective_file():
     for name, cls in OBJECTIVES.items():
         assert cls.__module__ == f"hybridrft.objectives.{name}"
         assert cls.__module__ and (cls.__doc__ or __import__(cls.__module__, fromlist=["_"]).__doc__)
+
+
+def test_no_layer_but_objectives_imports_a_method_file():
+    """The trainer, the CLI, the config and the reports know objectives only through the registry."""
+    from hybridrft.objectives import OBJECTIVES
+
+    method_modules = {f"hybridrft.objectives.{name}" for name in OBJECTIVES} | {"hybridrft.objectives.composite"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        if len(parts) < 2 or parts[0] == "objectives":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in method_modules:
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_shared_layer_names_a_method_section():
+    """config/, report/, train/logging.py and cli/ hold no method's settings or metric names."""
+    from hybridrft.objectives import OBJECTIVES
+
+    names = sorted(OBJECTIVES)
+    places = [*(PACKAGE / "config").glob("*.py"), *(PACKAGE / "report").glob("*.py"), PACKAGE / "train" / "logging.py",
+              *(PACKAGE / "cli").glob("*.py")]
+    offenders = []
+    for path in places:
+        text = path.read_text()
+        for name in names:
+            for pattern in (f"config.{name}.", f'"{name}/', f"'{name}/", f'"{name}":', f"== \"{name}\""):
+                if pattern in text:
+                    offenders.append(f"{path.relative_to(PACKAGE)}: {pattern}")
+    assert not offenders, "\n".join(offenders)

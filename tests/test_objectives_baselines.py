@@ -209,3 +209,18 @@ def test_hpt_honours_kl_and_the_entropy_bonus_on_its_trained_tokens():
     torch.testing.assert_close(egrad[:, 1], torch.tensor([0, 0, 1, 1, 1, 0.0]) * (-0.001 / 3))
     # d k3 / d logp = 1 - exp(ref - logp) = -1, times beta / 3
     torch.testing.assert_close(grad[:, 1], torch.tensor([0, 0, -1.0 - 0.1 / 3, -A / 2 - 0.1 / 3, A / 2 - 0.1 / 3, 0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_luffy_rollout_clip_and_the_released_scripts_unclipped_form(clip):
+    objective, batch, plan, _ = prepared("luffy", "group.num_generations=2", f"grpo.clip={str(clip).lower()}")
+    # a later update: rollout 0 (A > 0) has ratio e^0.5 = 1.65, outside the clip range [0.8, 1.2]
+    batch.old_logp = torch.tensor(LOGP) - torch.tensor([[0.0, 0.5], [0.0, 0.0], [0.0, 0.0]])
+    loss, m, grad, _ = run_loss(objective, batch, LOGP, ENTROPY, plan)
+    a_pos, a_neg, ratio = 0.57735, -1.1547, math.exp(0.5)
+    if clip:  # the clipped branch: a constant 1.2 A, no gradient
+        assert grad[0, 1].item() == 0.0 and m["grpo/clip_fraction"] == pytest.approx(0.5)
+        assert m["loss/on_policy"] == pytest.approx((-1.2 * a_pos - a_neg) / 3, rel=1e-4)
+    else:  # -rho A on every rollout token
+        assert grad[0, 1].item() == pytest.approx(-a_pos * ratio / 3, rel=1e-4) and m["grpo/clip_fraction"] == 0.0
+        assert m["loss/on_policy"] == pytest.approx((-ratio * a_pos - a_neg) / 3, rel=1e-4)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import typer
+import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config
 from hybridrft.cli.report_cmd import analyze_app, report_command
 from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example, render_prompt
 from hybridrft.models import load_tokenizer
-from hybridrft.report import default_output_dir, load_responses
+from hybridrft.report import default_output_dir, load_responses, load_runs, write_report
+from hybridrft.report.plots import panel_subplots
 from hybridrft.train import Trainer
 
 runner = CliRunner()
@@ -59,9 +62,12 @@ def test_report_on_one_run(runs, tiny_model_dir):
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
     assert_self_contained(page)
-    for name in ("loss", "reward", "accuracy", "entropy", "length", "weights", "optimizer", "throughput"):
+    for name in ("loss", "reward", "accuracy", "entropy", "length", "method", "diagnostics", "optimizer", "throughput"):
         assert (run / "plots" / f"{name}.png").is_file(), name
-    assert not (run / "plots" / "sasr.png").exists()  # no SASR metric in an SRFT run
+    assert "sasr/" not in page  # no SASR metric in an SRFT run
+    # the card lists the method's own section and the shared ones, not other methods' sections
+    assert "<dt>srft</dt>" in page and "<dt>group</dt>" in page and "<dt>grpo</dt>" in page and "<dt>loss</dt>" in page
+    assert "<dt>chord</dt>" not in page and "<dt>sasr</dt>" not in page
     # header: run name, method, model, steps, learning rate; summary: held-out accuracy first -> last
     assert "srft-run" in page and "<b>srft</b>" in page and str(tiny_model_dir) in page
     assert "2 done of 2" in page and "0.001" in page
@@ -76,10 +82,10 @@ def test_report_overlays_two_runs(runs, tmp_path):
     page = (out / "report.html").read_text()
     assert_self_contained(page)
     assert "srft-run" in page and "sasr-run" in page and "<b>sasr</b>" in page
-    for name in ("loss", "reward", "entropy", "weights", "sasr"):
+    for name in ("loss", "reward", "entropy", "method"):
         assert (out / "plots" / f"{name}.png").is_file(), name
     assert page.count("data:image/png;base64,") == len(list((out / "plots").glob("*.png")))
-    assert "sasr/choice_sft" in page
+    assert "sasr/choice_sft" in page and "sasr/g_warmup" in page and "srft/w_sft" in page
     # the default output folder for several runs sits next to the first one
     assert default_output_dir([runs["srft"], runs["sasr"]]) == runs["srft"].parent / "compare-srft-run-vs-sasr-run"
     assert default_output_dir([runs["srft"]]) == runs["srft"]
@@ -112,6 +118,86 @@ def test_analyze_entropy_and_the_report_picks_it_up(runs, tmp_path):
     page = (runs["sasr"] / "report.html").read_text()
     assert "entropy-dynamics.png" in page and "SRFT paper Figs. 4-6" in page
     assert page.count("data:image/png;base64,") == len(list((runs["sasr"] / "plots").glob("*.png"))) + 1
+
+
+def write_run(folder, config, records):
+    """A run folder as the trainer leaves it, for the report: config.yaml and metrics.jsonl."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def foo_run(folder):
+    """A run of a method the report has never heard of, ``foo``, with its own metrics and settings."""
+    config = {
+        "method": "foo",
+        "model": {"name_or_path": "tiny", "dtype": "float32"},
+        "train": {"max_steps": 6, "learning_rate": 1e-3, "seed": 0},
+        "group": {"num_generations": 4, "advantage_scale": "group"},
+        "grpo": {"clip_eps_low": 0.2, "beta": 0.0},
+        "loss": {"aggregation": "token_mean"},
+        "foo": {"alpha_start": 0.25, "choice_rule": "coin"},
+        "bar": {"zeta": 7},  # another method's section: not on the card
+    }
+    records = [{"kind": "eval", "step": 0, "eval/accuracy": 0.25}]
+    for step in range(1, 7):
+        records.append({
+            "kind": "train", "step": step, "plan": "rl", "loss": 1.0 / step, "reward/mean": 0.1 * step,
+            "accuracy/rollout": 0.1 * step, "groups/all_correct": 0.0, "kl/initial_policy": 0.01 * step, "grpo/clip_fraction": 0.02,
+            "foo/alpha": 0.25 + 0.05 * step, "foo/p_t": 1.0 / step, "foo/choice_x": float(step % 2),
+            "foo/beta_norm": 2.0 + step, "foo/beta_warmup": 3.0, "lonely_scalar": float(step),
+        })
+    records.append({"kind": "eval", "step": 6, "eval/accuracy": 0.5})
+    return write_run(folder, config, records)
+
+
+def test_a_new_method_gets_its_plots_and_settings_from_its_keys(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    drawn = {}  # figure file stem -> visible axes titles, legend texts, markers per axes
+    save = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(fig, path, *args, **kwargs):
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        drawn[Path(path).stem] = {
+            "titles": [ax.get_title() for ax in axes],
+            "legend": [t.get_text() for legend in fig.legends for t in legend.get_texts()],
+            "markers": {ax.get_title(): len(ax.collections) for ax in axes},
+        }
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    run = foo_run(tmp_path / "foo-run")
+    page = write_report([run]).read_text()
+    assert_self_contained(page)
+
+    # every key of the unknown prefix gets a subplot titled with it; the 0/1 choice key rides on
+    # foo/p_t as markers, the warm-up key is drawn dashed with its stem's key; a key without a prefix
+    # of its own that no shared panel lists is a method metric too
+    method = drawn["method"]
+    titles = [title.replace("\n", "; ") for title in method["titles"]]
+    assert titles == ["foo/alpha", "foo/beta_norm; dashed: foo/beta_warmup", "foo/p_t; markers: foo/choice_x", "lonely_scalar"]
+    assert method["markers"][method["titles"][2]] == 2  # the steps where foo/choice_x is 1, and where it is 0
+    assert "foo/choice_x = 1" in method["legend"] and "foo/choice_x = 0" in method["legend"]
+    # shared keys stay in the shared panels and only there
+    assert drawn["diagnostics"]["titles"][0].startswith("groups with every rollout")
+    assert drawn["diagnostics"]["titles"][-1] == "grpo/clip_fraction"  # an unlisted key of a shared prefix
+    assert not any(t.startswith(("kl/", "groups/", "loss", "reward/")) for t in method["titles"])
+    assert {p.stem for p in (run / "plots").glob("*.png")} == set(drawn)
+    # the page names the plotted keys, and the card shows the method's own section and the shared ones
+    assert "foo/alpha, foo/beta_norm, foo/beta_warmup, foo/p_t, foo/choice_x, lonely_scalar" in page
+    assert "<dt>foo</dt><dd><code>alpha_start=0.25, choice_rule=coin</code>" in page
+    for section in ("group", "grpo", "loss"):
+        assert f"<dt>{section}</dt>" in page
+    assert "<dt>bar</dt>" not in page and "zeta" not in page
+
+
+def test_choice_and_warmup_keys_stand_alone_without_their_host(tmp_path):
+    records = [{"kind": "train", "step": s, "baz/choice_y": float(s % 2), "baz/q_warmup": 1.0, "baz/r": 2.0} for s in (1, 2)]
+    runs = load_runs([write_run(tmp_path / "baz-run", {"method": "baz"}, records)])
+    assert [(s.key, s.markers, s.dashed) for s in panel_subplots("method", runs)] == [
+        ("baz/choice_y", [], []), ("baz/q_warmup", [], []), ("baz/r", [], [])]
 
 
 def direct_probs(model, prompt_ids, completion_ids):

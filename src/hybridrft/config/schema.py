@@ -133,6 +133,7 @@ class GroupConfig:
 class GRPOConfig:
     """The clipped policy-gradient term and its regularisers, shared by every method with an RL term."""
 
+    clip: bool = True  # false: the unclipped -rho A, as LUFFY/SRFT/HPT's released scripts (loss_remove_clip=True)
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2  # DAPO "clip-higher" uses 0.28
     beta: float = 0.0  # k3 KL to the initial policy; 0 loads no reference model

@@ -46,8 +46,14 @@ def group_advantage(batch: RolloutBatch, group: GroupConfig, *, demos_in_stats: 
 
 
 def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token GRPO clipped surrogate ``[B, T]`` and the clipped-branch flags, for any rows."""
+    """Per-token GRPO clipped surrogate ``[B, T]`` and the clipped-branch flags, for any rows.
+
+    With ``grpo.clip = false`` the plain importance-weighted term ``-rho_t A`` (no token clipped),
+    as the released LUFFY, SRFT and HPT scripts run it (``loss_remove_clip=True``)."""
     old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+    if not cfg.clip:
+        ratio = torch.exp(out.logp - old_logp)
+        return -ratio * batch.advantage.unsqueeze(-1), torch.zeros_like(out.logp, dtype=torch.bool)
     return clipped_surrogate(
         out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
     )

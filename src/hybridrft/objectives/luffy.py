@@ -15,7 +15,7 @@ row by prompt), or over the rollouts only with ``group.advantage_stats=rollouts`
 Demonstrations are treated as sampled with behaviour probability 1, so their importance ratio is
 ``p_t`` itself, and they are not clipped. The shaping ``f`` (``gamma = 0.1``, train.sh's
 ``off_policy_reshape="p_div_p_0.1"``) raises the gradient on low-probability tokens, which plain
-``p_t`` would all but ignore. ``clip_rollouts=false`` drops the clip on rollout tokens too, as
+``p_t`` would all but ignore. ``grpo.clip=false`` drops the clip on rollout tokens too, as
 train.sh does (``loss_remove_clip=True``).
 """
 
@@ -42,7 +42,6 @@ from hybridrft.ops import shaped_probability
 @dataclass
 class LUFFYConfig:
     policy_shaping_gamma: float = 0.1  # f(p) = p / (p + gamma) on demonstration tokens (train.sh p_div_p_0.1)
-    clip_rollouts: bool = True  # the GRPO clip on rollout tokens; train.sh removes it (loss_remove_clip=True)
 
 
 @register_objective
@@ -66,11 +65,7 @@ class LUFFYObjective(Objective):
 
     def loss(self, batch, out, totals, plan):
         cfg, advantage = self.config.luffy, batch.advantage.unsqueeze(-1)
-        if cfg.clip_rollouts:
-            on_policy, clipped = clipped_policy_terms(self.config.grpo, batch, out)
-        else:
-            old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
-            on_policy, clipped = -torch.exp(out.logp - old_logp) * advantage, torch.zeros_like(out.logp, dtype=torch.bool)
+        on_policy, clipped = clipped_policy_terms(self.config.grpo, batch, out)
         off_policy = -advantage * shaped_probability(out.logp, cfg.policy_shaping_gamma)
         per_token = torch.where(batch.is_demo.unsqueeze(-1), off_policy, on_policy)
         loss = self.agg(per_token, batch.masks[COMPLETIONS], totals[COMPLETIONS])

@@ -2,10 +2,11 @@
 
 The page embeds every image as a base64 ``data:`` URI and carries its own CSS; it loads nothing from
 the network and opens straight from disk. It holds a summary table, one header per run with its key
-settings, the training-curve panels (``plots.py``; several runs overlay on the same axes), and the
-diagnostics that ``hybridrft analyze`` left in ``RUN/analysis/`` (and, for several runs, in
-``OUTPUT/analysis/``): every PNG, plus the token-shift summary and one response coloured token by
-token when ``shift.json`` is there.
+settings (the config section named after its method, ``config[method]``, plus the shared ``group``,
+``grpo`` and ``loss`` sections: no method is named here), the training-curve panels (``plots.py``;
+several runs overlay on the same axes), and the diagnostics that ``hybridrft analyze`` left in
+``RUN/analysis/`` (and, for several runs, in ``OUTPUT/analysis/``): every PNG, plus the token-shift
+summary and one response coloured token by token when ``shift.json`` is there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridrft.report.plots import COMPANION_KEYS, panel_keys, plot_runs, run_colour
+from hybridrft.report.plots import panel_metric_keys, plot_runs, run_colour
 from hybridrft.report.runs import RunData, load_runs, number
 from hybridrft.report.shift import colour_scale, shift_colour
 
@@ -168,9 +169,14 @@ def summary_table(runs: list[RunData]) -> str:
 
 # ------------------------------------------------------------------------------------------- run cards
 
-# the config section that holds each method's own settings
-METHOD_SECTIONS = {"two_stage": ["two_stage", "sft", "grpo"], "sasr": ["sasr", "sft", "grpo"], "static_mix": ["static_mix", "grpo"],
-                   "chord": ["chord", "grpo"], "hpt": ["hpt", "grpo"]}
+# config sections every run card shows after the method's own section (``config[method]``)
+SHARED_SECTIONS = ("group", "grpo", "loss")
+
+
+def card_sections(run: RunData) -> list[str]:
+    """The config sections a run card lists: the one named after the method, then the shared ones."""
+    names = [run.method, *SHARED_SECTIONS] if run.method else list(SHARED_SECTIONS)
+    return [name for i, name in enumerate(names) if name not in names[:i] and isinstance(run.config.get(name), dict)]
 
 
 def _compact(section: Any) -> str:
@@ -186,16 +192,15 @@ def run_card(run: RunData, index: int) -> str:
         ("method", f"<b>{esc(method)}</b>"),
         ("model", f"<code>{esc(g('model.name_or_path', '–'))}</code> ({esc(g('model.dtype', '?'))})"),
         ("steps", f"{run.steps_done} done of {esc(g('train.max_steps', '?'))}"),
-        ("learning rate", f"{esc(g('train.learning_rate', '?'))}, {esc(g('train.lr_scheduler', '?'))}, warm-up {esc(g('train.lr_warmup_steps', 0))}"),
+        ("learning rate", f"{esc(g('train.learning_rate', '?'))}, {esc(g('train.lr_scheduler', '?'))}, warm-up "
+                          f"{esc(g('train.lr_warmup_steps', 0))}, max grad norm {esc(g('train.max_grad_norm', '?'))}"),
         ("batch", f"{esc(g('train.prompts_per_step', '?'))} prompts/step, micro-batch {esc(g('train.micro_batch_size', '?'))}"),
         ("data", f"<code>{esc(g('data.source', '?'))}</code>, {esc(g('eval.size', '?'))} held out"),
         ("rollouts", f"{esc(g('rollout.max_new_tokens', '?'))} new tokens, temperature {esc(g('rollout.temperature', '?'))}"),
-        ("loss", f"{esc(g('loss.aggregation', '?'))}, max grad norm {esc(g('train.max_grad_norm', '?'))}"),
         ("seed", esc(g("train.seed", "?"))),
     ]
-    for section in METHOD_SECTIONS.get(method, [method]):
-        if isinstance(run.config.get(section), dict):
-            items.append((f"{section}", f"<code>{_compact(run.config[section])}</code>"))
+    for section in card_sections(run):
+        items.append((esc(section), f"<code>{_compact(run.config[section])}</code>"))
     items.append(("folder", f"<code>{esc(run.path.resolve())}</code>"))
     if not run.config:
         items.insert(0, ("note", "<span class='empty'>no config.yaml in this folder</span>"))
@@ -284,7 +289,7 @@ def render_report(runs: list[RunData], plots: list[Path], analysis_dirs: list[tu
     from hybridrft import __version__
 
     def keys(panel: str) -> str:
-        return ", ".join(k for key, _ in panel_keys(panel, runs) for k in (key, *COMPANION_KEYS.get(key, [])))
+        return ", ".join(panel_metric_keys(panel, runs))
 
     curves = "".join(figure(p, f"metrics.jsonl keys: {keys(p.stem)}") for p in plots)
     curves = curves or "<p class='empty'>no metrics to plot</p>"

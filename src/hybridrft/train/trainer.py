@@ -410,9 +410,14 @@ class Trainer:
         if plan.reset_optimizer:
             self.optimizer.state.clear()  # AdamW's moments start again, as in a new run
             logger.info("optimizer state reset before step %d", self.step)
+        factors = getattr(self.scheduler, "lr_lambdas", None)  # every schedule of transformers' but one
+        if factors is None:
+            if plan.learning_rate is not None:
+                raise ValueError(f"train.lr_scheduler={self.config.train.lr_scheduler} cannot take a learning rate per phase")
+            return
         base = plan.learning_rate or self.config.train.learning_rate
         self.scheduler.base_lrs = [base] * len(self.scheduler.base_lrs)
-        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+        for group, factor in zip(self.optimizer.param_groups, factors):
             group["lr"] = base * factor(self.scheduler.last_epoch)
 
     def _update_batches(self, batch: RolloutBatch) -> list[list[int]]:
