@@ -224,3 +224,26 @@ def test_luffy_rollout_clip_and_the_released_scripts_unclipped_form(clip):
     else:  # -rho A on every rollout token
         assert grad[0, 1].item() == pytest.approx(-a_pos * ratio / 3, rel=1e-4) and m["grpo/clip_fraction"] == 0.0
         assert m["loss/on_policy"] == pytest.approx((-ratio * a_pos - a_neg) / 3, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["two_stage", "sasr"])
+def test_step_switching_methods_take_the_entropy_bonus_on_rl_steps_only(method):
+    objective = build_objective(load_config(overrides=[
+        f"method={method}", "two_stage.sft_steps=1", "sasr.warmup_steps=1", "grpo.entropy_coef=0.01",
+    ]))
+    sft_batch = make_batch([[0, 1, 1]], is_demo=[True], group=[0], reward=[1.0])
+    _, metrics, _, egrad = run_loss(objective, sft_batch, [[0.0, -1.0, -3.0]], [[0.0, 1.0, 1.0]], objective.step_plan("sft", {}))
+    assert "loss/entropy_bonus" not in metrics and egrad is None
+    rl_batch = make_batch(MASK[:2], is_demo=[False, False], group=[0, 0], reward=[1.0, 0.0])
+    loss, metrics, _, egrad = run_loss(objective, rl_batch, LOGP[:2], ENTROPY[:2], objective.step_plan("rl", {}))
+    assert metrics["loss/entropy_bonus"] == pytest.approx(-0.01) and loss == pytest.approx(-0.01, abs=1e-6)
+    torch.testing.assert_close(egrad[:, 1], torch.tensor([-0.005, -0.005]))
+
+
+def test_static_mix_defaults_follow_luffys_rl_with_sft_loss_baseline():
+    config = load_config(overrides=["method=static_mix"])
+    assert config.static_mix.mu == 1.0 and config.grpo.entropy_coef == 0.001
+    assert (config.group.num_generations, config.group.demos_per_prompt) == (7, 1)
+    # rollouts-only statistics: the demonstration is outside the group (grpo_split)
+    _, batch, _, _ = prepared("static_mix")
+    torch.testing.assert_close(batch.advantage, torch.tensor([A, -A, A]), atol=1e-5, rtol=0)
