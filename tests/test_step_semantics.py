@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from hybridrft.objectives import BatchTotals
-from hybridrft.ops import MaskTotals, clipped_surrogate
+from hybridrft.ops import clipped_surrogate
 from hybridrft.rollout import SamplingParams, build_rollout_batch
 from hybridrft.train import Trainer, read_metrics
 

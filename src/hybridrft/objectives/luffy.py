@@ -27,7 +27,6 @@ import torch
 
 from hybridrft.objectives.base import (
     COMPLETIONS,
-    DEMO,
     MIXED,
     ROLLOUT,
     Objective,
