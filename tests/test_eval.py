@@ -289,3 +289,16 @@ def test_list_suites_needs_no_model():
     result = runner.invoke(app, ["--list-suites"])
     assert result.exit_code == 0
     assert "math500" in result.output and "GPQA-Diamond" in result.output
+
+
+def test_eval_counts_correct_with_the_given_threshold(tmp_path, tiny_model_dir, benchmarks):
+    math_file, _ = benchmarks
+    args = [str(tiny_model_dir), "--suite", f"gsm8k={math_file}", "--max-new-tokens", "3", "--batch-size", "4"]
+    # a random tiny model answers nothing: every score is 0, so at threshold 1 nothing is correct ...
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "strict")]).exit_code == 0
+    strict = read_generations(tmp_path / "strict" / "generations" / "gsm8k.jsonl")
+    assert [r["score"] for r in strict] == [0.0] * 4 and not any(r["correct"] for r in strict)
+    # ... and at threshold 0 everything is (one rule, reward.correct_threshold, in training and here)
+    assert runner.invoke(app, [*args, "--correct-threshold", "0", "-o", str(tmp_path / "loose")]).exit_code == 0
+    loose = json.loads((tmp_path / "loose" / "results.json").read_text())
+    assert loose["benchmarks"]["gsm8k"]["metrics"]["pass@1"] == 1.0
