@@ -71,7 +71,7 @@ def quickstart(
     """SRFT on built-in arithmetic word problems with the embedded SmolLM2-135M-Instruct, on CPU.
 
     Measures held-out accuracy, trains 16 steps, measures again, and prints a before/after table
-    (about 10 minutes on 2 CPU cores). The training is `hybridrft train recipes/quickstart.yaml
+    (5 to 10 minutes on 2 CPU cores). The training is `hybridrft train recipes/quickstart.yaml
     train.overwrite=true`; the run folder is runs/quickstart."""
     setup_logging(verbose)
     config = _load(QUICKSTART_RECIPE, ["train.overwrite=true", *(overrides or [])])
