@@ -35,13 +35,16 @@ def _load(recipe: Optional[Path], overrides: List[str]):
 
 def _run_training(config) -> "TrainResult":  # noqa: F821
     from hybridrft.models import ModelNotFoundError
-    from hybridrft.train import Trainer
+    from hybridrft.train import CheckpointError, CheckpointWriteError, NonFiniteTrainingError, Trainer
 
     try:
         trainer = Trainer(config)
-    except (FileNotFoundError, FileExistsError, ModelNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ModelNotFoundError, ValueError, CheckpointError) as err:
         fail(str(err))
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except (NonFiniteTrainingError, CheckpointWriteError) as err:
+        fail(str(err))
     from hybridrft.report import write_report
 
     console.print(f"report: {write_report([result.output_dir])} (plots in {result.output_dir / 'plots'})")

@@ -188,9 +188,12 @@ class TrainConfig:
     updates_per_batch: int = 1
     epochs_per_batch: int = 1
     log_reference_kl: bool = False  # log the k3 KL to the initial policy every step (one reference forward)
+    # a step with a non-finite loss or gradient norm is skipped (weights, optimizer and schedule untouched);
+    # this many in a row stop the run
+    max_bad_steps: int = 3
 
     def __post_init__(self):
-        for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate", "updates_per_batch", "epochs_per_batch"):
+        for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate", "updates_per_batch", "epochs_per_batch", "max_bad_steps"):
             _check_positive("train", name, getattr(self, name))
         if self.prompts_per_step % self.updates_per_batch:
             raise ValueError(

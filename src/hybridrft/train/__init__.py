@@ -1,14 +1,25 @@
 """The training loop, checkpoints and run-folder logging."""
 
-from hybridrft.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from hybridrft.train.checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    latest_checkpoint,
+    latest_complete_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 from hybridrft.train.logging import MetricsLogger, read_metrics
-from hybridrft.train.trainer import Trainer, TrainResult
+from hybridrft.train.trainer import NonFiniteTrainingError, Trainer, TrainResult
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
     "MetricsLogger",
+    "NonFiniteTrainingError",
     "TrainResult",
     "Trainer",
     "latest_checkpoint",
+    "latest_complete_checkpoint",
     "list_checkpoints",
     "read_metrics",
     "save_checkpoint",

@@ -1,18 +1,29 @@
-"""Atomic, complete checkpoints: a resumed run continues exactly where the saved one stopped.
+"""Atomic, durable, verified checkpoints: a resumed run continues exactly where the saved one stopped.
 
 A checkpoint is a folder ``checkpoints/step-NNNNNN`` holding
 
 - ``model/``: a ``save_pretrained`` folder (weights and tokenizer) that transformers and vLLM load;
 - ``optimizer.pt``, ``scheduler.pt``: optimizer and LR-scheduler state;
 - ``trainer_state.pt``: step, data cursor, the objective's state (e.g. SASR's gradient norms and
-  generator) and every RNG state (Python, NumPy, torch CPU and CUDA).
+  generator) and every RNG state (Python, NumPy, torch CPU and CUDA);
+- ``manifest.json``, written last: every other file's name, size and SHA-256.
 
-It is written under a temporary name and renamed into place, so a crash mid-save never leaves a
-half-written checkpoint that looks complete.
+How it is written: into a temporary folder, every file fsynced, the manifest written and fsynced,
+the folder fsynced, renamed into place, and the parent folder fsynced, so neither a crash nor a
+power loss leaves a folder that looks complete and is not. How it is read: the manifest is checked
+first (a missing, truncated or altered file, or a missing manifest, makes the checkpoint damaged and
+resume falls back to the previous complete one, with a warning naming what was wrong), and the state
+files are loaded with ``torch.load(weights_only=True)``, which unpickles tensors and plain Python
+values only: a state file that would construct any other object (and so could run code) is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
+import json
+import logging
 import os
 import random
 import re
@@ -24,22 +35,107 @@ from typing import Any
 import numpy as np
 import torch
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
+logger = logging.getLogger(__name__)
 
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TEMP_PREFIX = ".step-"  # a checkpoint being written; never listed, removed when a run starts
+MANIFEST = "manifest.json"
+STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.pt")
+PAUSE_ENV = "HYBRIDRFT_TEST_PAUSE_AT"  # test-only: "<point>:<step>" stops the process there (see pause_point)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is: damaged, incomplete, or not plain data."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, say); the previous checkpoints are intact."""
+
+
+# ------------------------------------------------------------------ RNG states as plain data
 
 def rng_states() -> dict[str, Any]:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+    numpy = states["numpy"]
+    np.random.set_state(
+        (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"])
+    )
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ------------------------------------------------------------------ writing
+
+def pause_point(point: str, step: int) -> None:
+    """Test-only: with ``HYBRIDRFT_TEST_PAUSE_AT=<point>:<step>``, announce the pause on stderr and
+    wait here to be killed, so a test can kill a training process at an exact moment."""
+    if os.environ.get(PAUSE_ENV) == f"{point}:{step}":
+        import sys
+        import time
+
+        print(f"hybridrft: paused at {point}:{step}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
+
+
+def _write_chunk(fd: int, data: memoryview) -> int:
+    return os.write(fd, data)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (every byte on disk before the function returns)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[_write_chunk(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def save_checkpoint(
@@ -53,19 +149,49 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``root/step-{step}`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``root/step-{step}`` atomically and durably and keep only the newest ``keep`` checkpoints.
+
+    A write that fails (``ENOSPC``: a full disk) removes its temporary folder, leaves every earlier
+    checkpoint as it was, and raises ``CheckpointWriteError`` naming the folder and the space needed.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{step:06d}-", dir=root))
     try:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({**trainer_state, "rng": rng_states()}, tmp / "trainer_state.pt")
+        for f in (tmp / "model").iterdir():
+            fsync_path(f)
+        pause_point("checkpoint_write", step)
+        write_durably(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+        write_durably(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
+        write_durably(tmp / "trainer_state.pt", _torch_bytes({**trainer_state, "rng": rng_states()}))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "step": step,
+            "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files},
+        }
+        write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        fsync_path(tmp / "model")
+        fsync_path(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_path(root)
+    except OSError as error:
+        written = _folder_bytes(tmp) if tmp.exists() else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno != errno.ENOSPC:
+            raise
+        previous = latest_checkpoint(root)
+        needed = _folder_bytes(previous) if previous is not None else written
+        free = shutil.disk_usage(root).free
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "there is no earlier checkpoint"
+        raise CheckpointWriteError(
+            errno.ENOSPC,
+            f"no space left to write checkpoint {final.name} in {root}: it needs about {needed / 2**30:.2f} GiB "
+            f"and {free / 2**30:.2f} GiB are free; {kept}. Free some space and run again with --resume",
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -74,8 +200,18 @@ def save_checkpoint(
     return final
 
 
+def remove_partial_checkpoints(root: Path) -> list[Path]:
+    """Remove the temporary folders that a process killed while saving left behind."""
+    removed = [p for p in root.glob(f"{TEMP_PREFIX}*") if p.is_dir()] if root.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# ------------------------------------------------------------------ reading
+
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temporary folders are ignored)."""
+    """Checkpoint folders under ``root``, oldest first (temporary folders are ignored)."""
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
@@ -87,13 +223,61 @@ def latest_checkpoint(root: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def checkpoint_problems(path: Path) -> list[str]:
+    """What is wrong with a checkpoint folder, checked against its manifest ([] when it is whole)."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{MANIFEST} is missing (the checkpoint was not finished)"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = manifest["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [f"{MANIFEST} is not readable: {error}"]
+    problems = []
+    for name in (*STATE_FILES, "model/config.json"):
+        if name not in listed:
+            problems.append(f"{MANIFEST} does not list {name}")
+    for name, expected in listed.items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif file.stat().st_size != expected["bytes"]:
+            problems.append(f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}")
+        elif file_sha256(file) != expected["sha256"]:
+            problems.append(f"{name} does not match its SHA-256 in the manifest")
+    return problems
+
+
+def latest_complete_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint that passes its manifest check; each newer damaged one is reported."""
+    for path in reversed(list_checkpoints(root)):
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        logger.warning("checkpoint %s is damaged (%s); falling back to the previous one", path, "; ".join(problems))
+    return None
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load`` of tensors and plain values only; anything else is refused, never constructed."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # pickle.UnpicklingError for foreign objects; others for corrupt bytes
+        raise CheckpointError(
+            f"{path}: refusing to load it: it holds something other than tensors and plain values "
+            f"(a checkpoint file from elsewhere can run code when unpickled). {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
+
+
 def load_training_state(path: Path, *, optimizer, scheduler) -> dict[str, Any]:
     """Restore optimizer and scheduler in place; return the trainer state (RNGs already restored).
 
-    The model weights are loaded by the caller from ``path / "model"``.
+    The model weights are loaded by the caller from ``path / "model"``. The caller has checked the
+    manifest (``latest_complete_checkpoint``).
     """
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer_state, scheduler_state, state = (safe_load(path / name) for name in STATE_FILES)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
     restore_rng_states(state.pop("rng"))
     return state

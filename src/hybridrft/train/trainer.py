@@ -40,7 +40,16 @@ from hybridrft.rollout import (
     group_micro_batches,
     length_sorted_micro_batches,
 )
-from hybridrft.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from hybridrft.train.checkpoint import (
+    CheckpointError,
+    checkpoint_problems,
+    latest_complete_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    pause_point,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from hybridrft.train.logging import MetricsLogger, StepProgress
 from hybridrft.train.memory import return_freed_blocks_at_once
 
@@ -55,6 +64,10 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient (``train.max_bad_steps``)."""
 
 
 @dataclass
@@ -120,16 +133,21 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(self.output_dir))
 
-        resume_from = latest_checkpoint(self.checkpoint_dir)
-        if resume_from is not None and not cfg.resume:
-            if not cfg.overwrite:
-                raise FileExistsError(
-                    f"{self.output_dir} already holds a run ({resume_from.name}); pass --resume to continue it, "
-                    "train.overwrite=true to start over in it, or choose another train.output_dir"
-                )
-            resume_from = None
-        if cfg.resume and resume_from is None:
-            logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
+        existing = list_checkpoints(self.checkpoint_dir)
+        resume_from = None
+        if existing and not cfg.resume and not cfg.overwrite:
+            raise FileExistsError(
+                f"{self.output_dir} already holds a run ({existing[-1].name}); pass --resume to continue it, "
+                "train.overwrite=true to start over in it, or choose another train.output_dir"
+            )
+        if cfg.resume:
+            remove_partial_checkpoints(self.checkpoint_dir)  # left by a process killed while saving
+            resume_from = latest_complete_checkpoint(self.checkpoint_dir)  # damaged ones are skipped, with a warning
+            if resume_from is None and existing:
+                problems = "; ".join(f"{p.name}: {', '.join(checkpoint_problems(p))}" for p in existing)
+                raise CheckpointError(f"no complete checkpoint in {self.checkpoint_dir} to resume from ({problems})")
+            if resume_from is None:
+                logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
 
         # model and tokenizer (a resumed run takes the weights of its checkpoint)
         policy_source = str(resume_from / "model") if resume_from else config.model.name_or_path
@@ -195,10 +213,14 @@ class Trainer:
         self._order: list[int] = []
         self._order_epoch: int | None = None
         self.evals: dict[int, EvalResult] = {}
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
+        self.bad_steps_in_a_row = 0
         if resume_from:
             state = load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler)
             self.step = state["step"]
             self.data_cursor = state["data_cursor"]
+            self.skipped_steps = state.get("skipped_steps", 0)
+            self.bad_steps_in_a_row = state.get("bad_steps_in_a_row", 0)
             self.objective.load_state_dict(state["objective"])
             logger.info("resumed from %s at step %d", resume_from, self.step)
         self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator)
@@ -272,13 +294,32 @@ class Trainer:
         if self.reference is not None:
             batch.ref_logp = self._logprobs(batch, self.reference)
         per_update: list[dict[str, float]] = []
+        skipped = False
         for _ in range(cfg.epochs_per_batch):
             for rows in self._update_batches(batch):
-                update = batch.select(rows)
-                per_update.append({**self.compute_gradients(update, plan), **self.optimizer_update()})
+                update_metrics = self.compute_gradients(batch.select(rows), plan)
+                update_metrics.update(self.optimizer_update(update_metrics["loss"]))
+                per_update.append(update_metrics)
+                if update_metrics["skipped"]:
+                    skipped = True
+                    break  # the batch produced a non-finite value: none of its later updates is taken
+            if skipped:
+                break
         metrics.update(_mean_over_updates(per_update))
-        self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
-        metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
+        metrics.pop("skipped")
+        metrics["train/skipped"] = float(skipped)
+        if skipped:
+            self.skipped_steps += 1
+            self.bad_steps_in_a_row += 1
+            logger.warning(
+                "step %d skipped: non-finite loss (%s) or gradient norm (%s); the step's examples: %s",
+                step, per_update[-1]["loss"], per_update[-1]["grad_norm"], ", ".join(self._step_example_ids),
+            )
+        else:
+            self.bad_steps_in_a_row = 0
+            self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
+            metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
+        metrics["train/skipped_steps"] = self.skipped_steps
         step_s = time.perf_counter() - t_start
         metrics["time/train"] = time.perf_counter() - t_train
         metrics["time/step"] = step_s
@@ -295,6 +336,7 @@ class Trainer:
         prompt_index = self._next_prompts(cfg.prompts_per_step)
         examples = [self.train_set.examples[i] for i in prompt_index]
         prompts = [self.train_set.prompt_ids[i] for i in prompt_index]
+        self._step_example_ids = [example.id for example in examples]
         plan: StepPlan = self.objective.plan(step)
         metrics["plan"] = plan.kind
         metrics.update(plan.info)
@@ -312,6 +354,7 @@ class Trainer:
             for c in self.sampler.generate(prompts, params, seed=cfg.seed * 1_000_003 + step):
                 rows.append((c.prompt_index, c.token_ids, c.text, False, c.truncated))
         generate_s = time.perf_counter() - t_gen
+        pause_point("sampling", step)  # test-only: a reliability test kills the process here
         generated_tokens = sum(len(r[1]) for r in rows)
 
         # ... and demonstrations, which enter the batch as completions of their prompt
@@ -392,12 +435,18 @@ class Trainer:
                     sums[name] = sums.get(name, 0.0) + float(value)
         return sums
 
-    def optimizer_update(self) -> dict[str, float]:
-        """Record the pre-clip gradient norm, clip, take the AdamW step, zero the gradients."""
+    def optimizer_update(self, loss: float = 0.0) -> dict[str, float]:
+        """Record the pre-clip gradient norm, clip, take the AdamW step, zero the gradients.
+
+        An update whose loss or gradient norm is not finite is not taken: the weights and the
+        optimizer's state stay as they were (every process decides the same, on global values)."""
         t_start = time.perf_counter()
         grad_norm = self._clip_gradients()
-        metrics = {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
-        self.optimizer.step()
+        metrics = {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": 0.0}
+        if self._all_finite(loss, grad_norm):
+            self.optimizer.step()
+        else:
+            metrics["skipped"] = 1.0
         # zeroed in place, not freed: gradient buffers reallocated every step among the backward's
         # temporaries fragment the heap (about 60 MB more peak memory for SmolLM2 on CPU)
         self.optimizer.zero_grad(set_to_none=False)
@@ -474,6 +523,14 @@ class Trainer:
             for name in names:
                 sums[name] += float((entropy * micro.masks[name]).sum())
         return {name: sums[name] / max(totals[name].num_tokens, 1.0) for name in names}
+
+    def _all_finite(self, loss: float, grad_norm: float) -> bool:
+        """Whether the loss and gradient norm are finite on every process (one answer for all)."""
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if self.accelerator.num_processes == 1:
+            return finite
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+        return float(self.accelerator.reduce(flag, reduction="sum")) == 0.0
 
     def _global_totals(self, mask: torch.Tensor) -> MaskTotals:
         local = MaskTotals.of(mask)
@@ -559,7 +616,13 @@ class Trainer:
             tokenizer=self.tokenizer,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            trainer_state={"step": self.step, "data_cursor": self.data_cursor, "objective": self.objective.state_dict()},
+            trainer_state={
+                "step": self.step,
+                "data_cursor": self.data_cursor,
+                "skipped_steps": self.skipped_steps,
+                "bad_steps_in_a_row": self.bad_steps_in_a_row,
+                "objective": self.objective.state_dict(),
+            },
             keep=self.config.train.keep_checkpoints,
         )
 
@@ -582,12 +645,19 @@ class Trainer:
                 self.metrics.log(metrics)
                 self.metrics.write_samples(self._last_samples)
                 progress.step_done(metrics)
-                if not all(math.isfinite(v) for k, v in metrics.items() if isinstance(v, float)):
-                    logger.warning("non-finite metric at step %d: %s", self.step, {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)})
+                if self.bad_steps_in_a_row >= cfg.max_bad_steps:
+                    last = latest_complete_checkpoint(self.checkpoint_dir)
+                    raise NonFiniteTrainingError(
+                        f"{self.bad_steps_in_a_row} steps in a row (up to step {self.step}) gave a non-finite loss or "
+                        f"gradient and were skipped (train.max_bad_steps={cfg.max_bad_steps}); stopping. The last "
+                        f"checkpoint, {last or 'none yet'}, is intact. Lower the learning rate, check the data of the "
+                        "steps logged above, or raise train.max_bad_steps"
+                    )
                 if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < last_step:
                     self._run_eval(progress)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last_step:
                     self.save()
+                pause_point("between_steps", self.step)  # test-only: a reliability test kills the process here
             if self.step == cfg.max_steps and self.step not in self.evals:
                 self._run_eval(progress)
         self.save()
