@@ -126,8 +126,23 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+def running_in_ci() -> bool:
+    """True where the environment variable ``CI`` is set to a true value, as CI services set it
+    (GitHub Actions: ``CI=true``; ``.ci/run`` runs there)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def require_shared_data(path: Path) -> Path:
+    """``path`` if it exists. Otherwise the test fails in CI, where the data must be present (a
+    silent skip would hide that the data tests never ran), and is skipped on a developer machine."""
+    if path.exists():
+        return path
+    message = f"shared data not found at {path} (the real-data tests need ../shared/data next to the repository)"
+    if running_in_ci():
+        pytest.fail(f"{message}; CI is set, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return require_shared_data(SHARED_DATA)

@@ -8,6 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hybridrft.cli.main import app
+from hybridrft.eval import read_generations
+from hybridrft.rewards import get_reward
 
 runner = CliRunner()
 
@@ -28,11 +30,41 @@ train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, prompts_per_step: 2, micr
     return recipe
 
 
+# every command of `hybridrft`, with the one-line description `hybridrft --help` shows for it
+COMMANDS = {
+    "train": "Train with a recipe. Writes config.yaml, metrics.jsonl, checkpoints, the final model, plots and "
+    "report.html into train.output_dir.",
+    "quickstart": "SRFT on built-in arithmetic word problems with the embedded SmolLM2-135M-Instruct, on CPU.",
+    "eval": "Evaluate a model on benchmarks: pass@1 (greedy), or avg@n and pass@k over n samples.",
+    "report": "Turn run folders into report.html (self-contained, opens from disk) plus PNG plots.",
+    "analyze": "Diagnostics from the SRFT paper: token-probability shift between two models, entropy over training.",
+}
+
+
+def help_commands(output: str) -> dict[str, str]:
+    """The rows of the Commands panel of Typer's rich help: {command: its description, unwrapped}."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Commands" in line and line.lstrip().startswith("╭"))
+    commands: dict[str, list[str]] = {}
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith("╰"):
+            break
+        row = line.strip().strip("│").rstrip()
+        if row[:2].strip():  # "│ name  description": a new command (continuation rows are indented)
+            name, _, description = row.strip().partition(" ")
+            commands[name] = [description]
+        else:
+            commands[name].append(row)
+    return {name: " ".join(" ".join(parts).split()) for name, parts in commands.items()}
+
+
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("train", "eval", "quickstart"):
-        assert command in result.output
+    assert result.exit_code == 0, result.output
+    assert help_commands(result.output) == COMMANDS
+    analyze = runner.invoke(app, ["analyze", "--help"])
+    assert analyze.exit_code == 0, analyze.output
+    assert set(help_commands(analyze.output)) == {"shift", "entropy"}
 
 
 def test_train_writes_a_run_folder_with_plots(tmp_path, tiny_model_dir):
@@ -72,14 +104,49 @@ def test_bad_data_file_is_a_clear_error(tmp_path, tiny_model_dir):
 
 def test_eval_command_writes_results(tmp_path, tiny_model_dir):
     data = tmp_path / "bench.jsonl"
-    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(3)]
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(4)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "4"]
+    settings = {"model": str(tiny_model_dir), "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0,
+                "system_prompt": None, "shuffle_options": True}
+
+    # fresh: every problem generated once, greedy, and scored by the math reward
+    fresh = tmp_path / "fresh"
+    result = runner.invoke(app, ["eval", *args, "-o", str(fresh)])
+    assert result.exit_code == 0, result.output
+    records = read_generations(fresh / "generations" / "custom.jsonl")
+    assert [(r["id"], r["sample"], r["answer"]) for r in records] == [(f"gsm8k-{i}", 0, str(2 * i)) for i in range(4)]
+    rescored = get_reward("math")(prompts=[r["prompt"] for r in records], completions=[r["completion"] for r in records],
+                                  answer=[r["answer"] for r in records])
+    assert [r["score"] for r in records] == rescored
+    assert [r["correct"] for r in records] == [score >= 1.0 for score in rescored]
+    for record in records:
+        assert record["settings"] == settings and 0 < record["tokens"] <= 4
+    summary = json.loads((fresh / "results.json").read_text())["benchmarks"]["custom"]
+    assert (summary["problems"], summary["generated_this_run"], summary["reused"]) == (4, 4, 0)
+    assert summary["metrics"]["pass@1"] == sum(r["correct"] for r in records) / 4
+
+    # resumed: generations already in the output folder (3 of 4 correct) are read back, none made
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "4", "-o", str(out)])
+    path = out / "generations" / "custom.jsonl"
+    path.parent.mkdir(parents=True)
+    written = [
+        {"id": f"gsm8k-{i}", "sample": 0, "correct": i != 2, "score": 0.0 if i == 2 else 1.0,
+         "extracted": None if i == 2 else str(2 * i), "answer": str(2 * i),
+         "completion": "no idea" if i == 2 else f"\\boxed{{{2 * i}}}", "tokens": i + 1, "truncated": i == 3,
+         "finished": i != 3, "prompt": f"What is {i} + {i}?", "settings": settings}
+        for i in range(4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in written))
+    before = path.read_bytes()
+    result = runner.invoke(app, ["eval", *args, "-o", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())["benchmarks"]["custom"]
-    assert summary["problems"] == 3 and 0.0 <= summary["metrics"]["pass@1"] <= 1.0
-    assert len((out / "generations" / "custom.jsonl").read_text().splitlines()) == 3
+    assert summary["metrics"] == {"pass@1": 0.75}
+    assert (summary["problems"], summary["generated_this_run"], summary["reused"]) == (4, 0, 4)
+    # tokens 1..4, the last one truncated, the third one without an answer
+    assert (summary["mean_response_tokens"], summary["truncated"], summary["answered"]) == (2.5, 0.25, 0.75)
+    assert path.read_bytes() == before  # nothing appended
 
 
 @pytest.mark.slow

@@ -261,7 +261,7 @@ def test_parquet_with_field_mapping(tmp_path):
             "uid": ["p1", "p2", "p3"],
             "query": ["What is 2+2?", "What is 3*3?", "What is 10/2?"],
             "gold": ["4", None, "5"],
-            "solutions": [["2+2=4. \\boxed{4}", "Four: \\boxed{4}"], ["3*3=9, so \\boxed{9}"], []],
+            "solutions": [["2+2=4. \\boxed{4}", "Four: \\boxed{4}"], ["3*3=9, so \\boxed{9}"], None],
         }
     )
     path = tmp_path / "train.parquet"

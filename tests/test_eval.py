@@ -221,25 +221,48 @@ def benchmarks(tmp_path):
 
 
 def test_eval_writes_results_and_generations(tmp_path, tiny_model_dir, benchmarks):
+    """gsm8k resumes from generations already in the output folder (3 of 4 correct: pass@1 is 0.75,
+    nothing generated); gpqa is generated fresh, and checked record by record."""
     math_file, mc_file = benchmarks
     out = tmp_path / "out"
+    settings = {"model": str(tiny_model_dir), "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0,
+                "system_prompt": None, "shuffle_options": True}
+    written = [
+        {"id": f"gsm8k-{i}", "sample": 0, "correct": i != 1, "score": 0.0 if i == 1 else 1.0,
+         "extracted": None if i == 1 else str(2 * i), "answer": str(2 * i),
+         "completion": "no idea" if i == 1 else f"\\boxed{{{2 * i}}}", "tokens": 2, "truncated": False,
+         "finished": True, "prompt": f"What is {i} + {i}?", "settings": settings}
+        for i in range(4)
+    ]
+    (out / "generations").mkdir(parents=True)
+    math_path = write_jsonl(out / "generations" / "gsm8k.jsonl", written)
+    before = math_path.read_bytes()
+
     result = runner.invoke(app, [str(tiny_model_dir), "--suite", f"gsm8k={math_file}", "--suite", f"gpqa={mc_file}",
                                  "--max-new-tokens", "4", "--batch-size", "3", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "gsm8k" in result.output and "gpqa" in result.output and "pass@1" in result.output
     summary = json.loads((out / "results.json").read_text())
-    assert summary["benchmarks"]["gsm8k"]["problems"] == 4 and summary["benchmarks"]["gpqa"]["problems"] == 3
-    assert summary["benchmarks"]["gpqa"]["answer_type"] == "choice"
-    assert 0.0 <= summary["benchmarks"]["gsm8k"]["metrics"]["pass@1"] <= 1.0
-    assert "| gsm8k | 4 |" in (out / "results.md").read_text()
-    math_records = read_generations(out / "generations" / "gsm8k.jsonl")
+    gsm8k, gpqa = summary["benchmarks"]["gsm8k"], summary["benchmarks"]["gpqa"]
+    assert (gsm8k["problems"], gsm8k["answer_type"], gsm8k["generated_this_run"], gsm8k["reused"]) == (4, "math", 0, 4)
+    assert gsm8k["metrics"] == {"pass@1": 0.75}
+    assert (gsm8k["mean_response_tokens"], gsm8k["truncated"], gsm8k["answered"]) == (2.0, 0.0, 0.75)
+    assert math_path.read_bytes() == before  # read back, nothing appended
+    assert (gpqa["problems"], gpqa["answer_type"], gpqa["generated_this_run"], gpqa["reused"]) == (3, "choice", 3, 0)
+    assert summary["generated_this_run"] == 3
+    assert "| gsm8k | 4 | 75.0 |" in (out / "results.md").read_text()
+
     mc_records = read_generations(out / "generations" / "gpqa.jsonl")
-    assert len(math_records) == 4 and len(mc_records) == 3
-    assert [r["answer"] for r in math_records] == ["0", "2", "4", "6"]
+    assert [r["id"] for r in mc_records] == ["gpqa-0", "gpqa-1", "gpqa-2"]
     for record in mc_records:
         assert record["choices"][LETTERS.index(record["answer"])] == record["id"].split("-")[-1]
         assert sorted(record["permutation"]) == [0, 1, 2, 3]
-        assert 0 < record["tokens"] <= 4 and record["settings"]["temperature"] == 0.0
+        assert 0 < record["tokens"] <= 4 and record["settings"] == settings
+        # the score is the choice reward of the completion against the gold letter
+        assert record["score"] == choice_reward(None, [record["completion"]], [record["answer"]], num_choices=[4])[0]
+        assert record["correct"] == (record["score"] >= 1.0)
+        assert record["extracted"] == extract_choice_letter(record["completion"], 4)
+    assert gpqa["metrics"]["pass@1"] == sum(r["correct"] for r in mc_records) / 3
 
 
 def test_interrupted_eval_resumes_with_only_the_missing_generations(tmp_path, tiny_model_dir, benchmarks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hybridrft"
@@ -52,12 +53,65 @@ def test_no_lower_layer_imports_a_higher_one():
     assert not violations, "\n".join(violations)
 
 
+# the paper each method comes from, by arXiv id, which its file's docstring cites
+PAPERS = {
+    "grpo": "2402.03300",  # DeepSeekMath (Shao et al. 2024)
+    "srft": "2506.19767",  # SRFT (Fu et al. 2025)
+    "sasr": "2505.13026",  # SASR (Chen et al. 2025)
+    "luffy": "2504.14945",  # LUFFY (Yan et al. 2025)
+    "chord": "2508.11408",  # CHORD (Zhang et al. 2025)
+    "hpt": "2509.04419",  # HPT (Lv et al. 2025)
+}
+# the baselines that come from no paper of their own, by what the first line of their docstring says they are
+BASELINES = {
+    "sft": "Supervised fine-tuning on demonstrations",
+    "two_stage": "SFT then GRPO",
+    "static_mix": "GRPO plus a fixed-weight SFT loss",
+}
+
+
+def registered_classes(path: Path) -> dict[str, str | None]:
+    """The classes of a file decorated with ``@register_objective``, each with its ``name = "..."``."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        decorators = {d.id if isinstance(d, ast.Name) else getattr(d, "attr", None) for d in node.decorator_list}
+        if "register_objective" not in decorators:
+            continue
+        names = [
+            stmt.value.value
+            for stmt in node.body
+            if isinstance(stmt, ast.Assign) and [getattr(t, "id", None) for t in stmt.targets] == ["name"]
+            and isinstance(stmt.value, ast.Constant)
+        ]
+        found[node.name] = names[0] if names else None
+    return found
+
+
 def test_one_method_per_objective_file():
+    """Each registered method is the one registered class of objectives/<name>.py, and the file says
+    what the method is: the arXiv id of its paper, or (a baseline) a first line describing it."""
     from hybridrft.objectives import OBJECTIVES
 
+    folder = PACKAGE / "objectives"
+    assert set(OBJECTIVES) == set(PAPERS) | set(BASELINES), "a new method: add its paper (arXiv id) or it to BASELINES"
     for name, cls in OBJECTIVES.items():
-        assert cls.__module__ == f"hybridrft.objectives.{name}"
-        assert cls.__module__ and (cls.__doc__ or __import__(cls.__module__, fromlist=["_"]).__doc__)
+        path = folder / f"{name}.py"
+        assert path.is_file(), f"{name}: no file objectives/{name}.py"
+        assert Path(inspect.getfile(cls)).resolve() == path.resolve(), f"{name} is defined in {inspect.getfile(cls)}"
+        assert cls.__module__ == f"hybridrft.objectives.{name}" and cls.name == name
+        assert registered_classes(path) == {cls.__name__: name}, f"{path.name} registers {registered_classes(path)}"
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert docstring, f"{path.name} has no module docstring"
+        if name in PAPERS:
+            assert f"arXiv {PAPERS[name]}" in docstring, f"{path.name} does not cite arXiv {PAPERS[name]}"
+        else:
+            first_line = docstring.splitlines()[0]
+            assert BASELINES[name] in first_line, f"{path.name}: first docstring line {first_line!r}"
+    # and no other file of objectives/ registers a method (base.py and composite.py hold building blocks)
+    registering = {p.stem for p in folder.glob("*.py") if registered_classes(p)}
+    assert registering == set(OBJECTIVES)
 
 
 def test_no_layer_but_objectives_imports_a_method_file():

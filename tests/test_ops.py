@@ -10,7 +10,6 @@ import torch
 from hybridrft.ops import (
     MaskTotals,
     aggregate,
-    chunked_logprobs_and_entropy,
     clipped_surrogate,
     entropy_for_weights,
     entropy_weight,
@@ -165,26 +164,6 @@ def test_logprobs_and_entropy_from_logits_by_hand():
     assert logp.item() == pytest.approx(math.log(0.5))
     # -(0.5 ln 0.5 + 2 * 0.25 ln 0.25) = 1.5 ln 2
     assert entropy.item() == pytest.approx(1.5 * math.log(2))
-
-
-def test_chunked_projection_matches_full_logits_in_values_and_gradients():
-    torch.manual_seed(0)
-    hidden = torch.randn(2, 7, 5, requires_grad=True)
-    weight = torch.randn(11, 5, requires_grad=True)
-    targets = torch.randint(0, 11, (2, 7))
-    g_logp, g_ent = torch.randn(2, 7), torch.randn(2, 7)
-
-    ref_logp, ref_ent = logprobs_and_entropy_from_logits(hidden @ weight.T, targets)
-    ((ref_logp * g_logp).sum() + (ref_ent * g_ent).sum()).backward()
-    ref_grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
-
-    logp, ent = chunked_logprobs_and_entropy(hidden, weight, targets, chunk_size=3)
-    ((logp * g_logp).sum() + (ent * g_ent).sum()).backward()
-    torch.testing.assert_close(logp, ref_logp)
-    torch.testing.assert_close(ent, ref_ent)
-    torch.testing.assert_close(hidden.grad, ref_grads[0])
-    torch.testing.assert_close(weight.grad, ref_grads[1])
 
 
 def test_token_logprobs_align_with_input_ids(tiny_tokenizer):

@@ -56,12 +56,32 @@ def test_two_steps_with_each_objective(method, tiny_model_dir, tmp_path):
 
 
 def test_final_model_loads_with_transformers(tiny_model_dir, tmp_path):
+    """final_model/ is the trained policy: the same tensors, and the same logits, through plain transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=sft", "train.max_steps=1")).train()
-    model = AutoModelForCausalLM.from_pretrained(result.final_model)
+    trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=sft", "train.max_steps=1"))
+    result = trainer.train()
+    model = AutoModelForCausalLM.from_pretrained(result.final_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.final_model)
     assert model.config.vocab_size == len(tokenizer)
+
+    trained = trainer.policy.state_dict()
+    saved = model.state_dict()
+    assert saved.keys() == trained.keys()
+    for name, tensor in trained.items():
+        assert saved[name].dtype == tensor.dtype and torch.equal(saved[name], tensor.detach().cpu()), name
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(initial[name], saved[name]) for name in saved), "final_model holds the untrained weights"
+
+    device = trainer.policy.device  # the same device for both, so the same kernels
+    ids = torch.tensor([tokenizer("Sam has 12 apples. He buys 7 more.").input_ids], device=device)
+    trainer.policy.eval()
+    model.to(device)
+    with torch.no_grad():
+        expected = trainer.policy(input_ids=ids).logits
+        got = model(input_ids=ids).logits
+    assert got.shape == (1, ids.shape[1], len(tokenizer))
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -162,9 +182,58 @@ def test_bad_demonstration_reward_is_reported(tiny_model_dir, tmp_path, tiny_tok
 
 
 def test_samples_and_generations_are_readable(tiny_model_dir, tmp_path):
-    Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=grpo", "train.max_steps=1")).train()
-    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
-    assert samples and {"step", "reward", "text"} <= samples[0].keys()
+    """samples.jsonl: train.log_samples rollouts per step, each with the reward its text earns; the
+    evaluation files: eval.size records per evaluation (steps 0 and 2), each scored the same way."""
+    from conftest import brevity
+    from hybridrft.rewards import get_reward
+
+    math_reward = get_reward("math")
+
+    def rescore(prompt: str, text: str, answer: str) -> float:  # reward.functions=[math,conftest:brevity], weights 1, 1
+        return math_reward([prompt], [text], [answer])[0] + brevity([prompt], [text], [answer])[0]
+
+    trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=grpo", "train.log_samples=4"))
+    used = []  # the indices of each step's training prompts, in order
+    next_prompts = trainer._next_prompts
+
+    def recording_next_prompts(count):
+        used.append(next_prompts(count))
+        return used[-1]
+
+    trainer._next_prompts = recording_next_prompts
+    trainer.train()
+    run = tmp_path / "run"
+
+    # 2 steps x log_samples 4: the first 4 of each step's 2 prompts x 3 rollouts, so groups 0, 0, 0, 1
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["group"]) for s in samples] == [(1, 0), (1, 0), (1, 0), (1, 1), (2, 0), (2, 0), (2, 0), (2, 1)]
+    assert len(used) == 2 and all(len(indices) == 2 for indices in used)
+    for sample in samples:
+        assert sample.keys() == {"step", "group", "reward", "text"}
+        example = trainer.train_set.examples[used[sample["step"] - 1][sample["group"]]]
+        assert sample["reward"] == rescore(example.prompt, sample["text"], example.answer), sample
+
+    # an evaluation before training (eval.at_start) and one after the last step, each of eval.size=4 problems
+    eval_files = sorted(p.name for p in (run / "eval").iterdir())
+    assert eval_files == ["generations-step-000000.jsonl", "generations-step-000002.jsonl"]
+    held_out = trainer.eval_set.examples
+    assert len(held_out) == 4
+    files = {name: [json.loads(line) for line in (run / "eval" / name).read_text().splitlines()] for name in eval_files}
+    for records in files.values():
+        assert [(r["id"], r["answer"]) for r in records] == [(e.id, e.answer) for e in held_out]
+        for record, example in zip(records, held_out):
+            assert record["reward"] == rescore(example.prompt, record["completion"], example.answer)
+            assert record["correct"] == (record["reward"] >= 1.0)
+            assert 0 < record["length"] <= 6  # eval.max_new_tokens=6
+            assert not record["truncated"] or record["length"] == 6
+    # the last file is the final policy's greedy evaluation, reproduced here exactly
+    final = files["generations-step-000002.jsonl"]
+    assert final == trainer.evaluate().records
+    evals = read_metrics(run / "metrics.jsonl", kind="eval")
+    assert [(r["step"], r["eval/accuracy"]) for r in evals] == [
+        (0, sum(r["correct"] for r in files["generations-step-000000.jsonl"]) / 4),
+        (2, sum(r["correct"] for r in final) / 4),
+    ]
 
 
 @pytest.mark.parametrize("method", ["grpo", "srft"])

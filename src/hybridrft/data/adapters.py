@@ -100,7 +100,12 @@ def _prompt_value(row: Mapping[str, Any], column: str) -> str | list[dict[str, s
         raise ValueError(f"missing field {column!r} (row has: {', '.join(map(str, row))})")
     value = _as_list(row[column])
     if _is_chat(value):
-        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+        for position, message in enumerate(value):
+            for key in ("role", "content"):
+                if not isinstance(message[key], str):
+                    got = type(message[key]).__name__
+                    raise ValueError(f"field '{column}[{position}].{key}' must be text, got {got}")
+        return [{"role": m["role"], "content": m["content"]} for m in value]
     if isinstance(value, str) and value.strip():
         return value
     raise ValueError(
@@ -110,16 +115,39 @@ def _prompt_value(row: Mapping[str, Any], column: str) -> str | list[dict[str, s
 
 
 def _demonstration_values(row: Mapping[str, Any], column: str) -> list[str]:
-    value = row.get(column)
-    if value is None or value == "":
+    """The demonstrations in `column`: one text or a list of texts. A null or blank text gives none
+    (the loader counts such rows: a row may have no demonstration); a list that holds no text is an
+    error (a list was meant to hold demonstrations), and so is anything else."""
+    value = _as_list(row.get(column))
+    if value is None:
         return []
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return [v for v in value if v]
-    raise ValueError(
-        f"field {column!r} must be text or a list of texts, got {type(value).__name__}"
-    )
+        return [value] if value.strip() else []
+    if not isinstance(value, list):
+        raise ValueError(
+            f"field {column!r} must be text or a list of texts, got {type(value).__name__}"
+        )
+    for position, item in enumerate(value):
+        if item is not None and not isinstance(item, str):
+            raise ValueError(
+                f"field '{column}[{position}]' must be text, got {type(item).__name__}"
+            )
+    texts = [item for item in value if item and item.strip()]
+    if not texts:
+        raise ValueError(f"field {column!r} is an empty list (no demonstration text)")
+    return texts
+
+
+def _answer_value(row: Mapping[str, Any], column: str) -> str:
+    """The gold answer in `column` as text ("" when null or missing); a number becomes text."""
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and value != value):  # null, or pandas' NaN
+        return ""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"field {column!r} must be text or a number, got {type(value).__name__}")
+    return value.strip()
 
 
 def check_field_mapping(fields: Mapping[str, str]) -> None:
@@ -155,8 +183,7 @@ def fields_example(row: Mapping[str, Any], index: int, fields: Mapping[str, str]
     demonstrations = _demonstration_values(row, demo_column) if demo_column else []
 
     answer_column = fields.get("answer")
-    raw_answer = row.get(answer_column) if answer_column else None
-    answer = "" if raw_answer is None else str(raw_answer).strip()
+    answer = _answer_value(row, answer_column) if answer_column else ""
     if not answer:
         boxed = (last_boxed(demo) for demo in demonstrations)
         answer = next((a for a in boxed if a), "")

@@ -1,11 +1,14 @@
 """Read examples from files, `datasets` folders or the Hugging Face hub, and split off a holdout.
 
-Errors a user can cause (a missing file, bad JSON, a wrong column name, a malformed row) name the
-source and the row, and no row is ever dropped without being counted in a warning.
+Errors a user can cause (a missing file, bad JSON, bytes that are not UTF-8, an overlong line, a
+wrong column name, a malformed row) name the source and the row, and no row is ever dropped without
+being counted in a warning. JSON files are read as bytes and decoded line by line, so one bad line
+does not stop the others from loading and line numbers stay what an editor shows.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import functools
 import json
@@ -15,7 +18,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from hybridrft.data.adapters import (
     ADAPTERS,
@@ -37,6 +40,12 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Suffixes that mark a source as a file path, not a hub id, even when the file is missing.
 _PATH_SUFFIXES = {*FILE_SUFFIXES, ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip"}
 _REASONS_SHOWN = 3
+# The longest JSON line read; a longer one is an error naming its line (or a counted skip) rather
+# than a string of that size held in memory. At most this much of such a line is read at once.
+MAX_LINE_BYTES = 64 * 2**20
+_MB = 2**20
+_LINE_CHUNK = 2**20  # lines are read this much at a time
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # a UTF-32 BOM starts with one of these
 
 
 @dataclass
@@ -62,29 +71,100 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+def _not_utf8(data: bytes, error: UnicodeDecodeError, line_start: int = 0) -> str:
+    """"not valid UTF-8 (byte 0xff at column 12)"; the column counts characters, as editors do."""
+    column = len(data[line_start : error.start].decode("utf-8")) + 1  # valid up to error.start
+    return f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column})"
+
+
+def _parse_json(text: str) -> Any:
+    """`json.loads`, with a too deeply nested value reported as bad JSON, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("value nested too deeply", text, 0) from None
+
+
 def _json_rows(path: Path) -> Iterator[RawRow]:
-    """Rows of a JSON array file or a JSON-lines file (whatever its suffix); blank lines skipped."""
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
-    if head.startswith("["):
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
-        for number, row in enumerate(rows, start=1):
-            yield _object_row(f"row {number}", row)
+    """Rows of a JSON array file or a JSON-lines file (whatever its suffix); blank lines skipped.
+
+    A UTF-8 byte-order mark (at the start of the file, or of a line, as when such files are
+    concatenated) and CRLF line ends are accepted. A JSON-lines file is read line by line as
+    bytes: a line that is not UTF-8, is not JSON or is longer than `MAX_LINE_BYTES` is one bad
+    row. A JSON array is read whole, so any such problem in it is an error for the whole file.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(_UTF16_BOMS):
+        raise ValueError(
+            f"{path}: the file is UTF-16 or UTF-32 (it starts with that byte-order mark); "
+            "save it as UTF-8"
+        )
+    if head.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+        yield from _json_array_rows(path)
         return
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as handle:
+        for line_number, line, size in _lines(handle):
             where = f"line {line_number}"
+            if line is None:
+                yield RawRow(
+                    where,
+                    None,
+                    f"the line is {size / _MB:.1f} MB, longer than the limit of "
+                    f"{MAX_LINE_BYTES / _MB:g} MB",
+                )
+                continue
+            data = line.rstrip(b"\r\n").removeprefix(codecs.BOM_UTF8)
             try:
-                row = json.loads(line)
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRow(where, None, _not_utf8(data, exc))
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = _parse_json(text)
             except json.JSONDecodeError as exc:
                 yield RawRow(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
             yield _object_row(where, row)
+
+
+def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line, size in bytes without the line end) for each line of a binary file; the
+    line is None when longer than `MAX_LINE_BYTES`, and then no more than that is held at once."""
+    line_number = 0
+    while piece := handle.readline(_LINE_CHUNK):
+        line_number += 1
+        pieces: list[bytes] | None = [piece]
+        size = len(piece)
+        while not piece.endswith(b"\n") and (piece := handle.readline(_LINE_CHUNK)):
+            size += len(piece)
+            if pieces is not None:
+                pieces.append(piece)
+                if size > MAX_LINE_BYTES + 1:  # too long even with its "\n": keep only counting
+                    pieces = None
+        size -= piece.endswith(b"\n")
+        if size > MAX_LINE_BYTES or pieces is None:
+            yield line_number, None, size
+        else:
+            yield line_number, pieces[0] if len(pieces) == 1 else b"".join(pieces), size
+
+
+def _json_array_rows(path: Path) -> Iterator[RawRow]:
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: line {line}: {_not_utf8(data, exc, line_start)}") from None
+    try:
+        rows = _parse_json(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    for number, row in enumerate(rows, start=1):
+        yield _object_row(f"row {number}", row)
 
 
 def _object_row(where: str, row: Any) -> RawRow:
@@ -94,10 +174,23 @@ def _object_row(where: str, row: Any) -> RawRow:
 
 
 def _parquet_rows(path: Path) -> Iterator[RawRow]:
+    """Rows of a Parquet file as Python values (a column of the wrong type reaches the adapter,
+    which names the field); a file pyarrow cannot read is an error naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except pa.ArrowException as exc:
+        raise ValueError(f"{path}: not a readable Parquet file: {exc}") from None
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except pa.ArrowException as exc:
+            raise ValueError(f"{path}: cannot read the rows after row {number}: {exc}") from None
         for row in batch.to_pylist():
             number += 1
             yield RawRow(f"row {number}", row)
@@ -199,7 +292,8 @@ def load_examples(
     applies to `datasets` sources only. `limit` keeps the first `limit` valid examples.
     `on_error="raise"` stops at the first malformed row; "skip" skips such rows and logs one
     warning with their count and the first few reasons. Row numbers are 1-based; in JSON-lines
-    files they are line numbers, which is what an editor shows.
+    files they are line numbers, which is what an editor shows. With `format="fields"` and a
+    demonstration column, rows loaded without a demonstration are counted in one warning too.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
@@ -212,8 +306,10 @@ def load_examples(
     rows = read_rows(source, split)
     examples: list[Example] = []
     skipped: list[str] = []
+    without_demonstration: list[str] = []  # fields format: rows loaded with no demonstration
     seen = 0
     adapter = None
+    demo_column = None  # the fields format's demonstration column, if one is mapped
     for index, raw in enumerate(rows):
         if limit is not None and len(examples) >= limit:
             break
@@ -222,10 +318,16 @@ def load_examples(
         if raw.data is not None:
             if adapter is None:
                 format, adapter = _choose_adapter(format, fields, list(raw.data), source)
+                if format == "fields" and fields:
+                    demo_column = fields.get("demonstration")
             try:
-                examples.append(adapter(raw.data, index))
+                example = adapter(raw.data, index)
             except ValueError as exc:
                 problem = str(exc)
+            else:
+                examples.append(example)
+                if demo_column and not example.demonstrations:
+                    without_demonstration.append(raw.where)
         if problem is None:
             continue
         if on_error == "raise":
@@ -240,6 +342,19 @@ def load_examples(
         more = f"; ... ({hidden} more)" if hidden > 0 else ""
         logger.warning(
             "skipped %d of %d rows in %s: %s%s", len(skipped), seen, source, reasons, more
+        )
+    if without_demonstration:
+        shown = ", ".join(without_demonstration[:_REASONS_SHOWN])
+        hidden = len(without_demonstration) - _REASONS_SHOWN
+        more = f", ... ({hidden} more)" if hidden > 0 else ""
+        logger.warning(
+            "%d of %d examples from %s have no demonstration (field %r is null or empty: %s%s); a method that trains on demonstrations stops at such an example",
+            len(without_demonstration),
+            len(examples),
+            source,
+            demo_column,
+            shown,
+            more,
         )
     logger.info("loaded %d examples from %s (format %s)", len(examples), source, format)
     return examples

@@ -48,8 +48,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used as it is: damaged, incomplete, or not plain data."""
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (a full disk, say); the previous checkpoints are intact."""
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk); the previous checkpoints are intact."""
 
 
 # ------------------------------------------------------------------ RNG states as plain data
@@ -134,6 +134,10 @@ def _torch_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -178,19 +182,18 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_path(root)
-    except OSError as error:
+    except Exception as error:
         written = _folder_bytes(tmp) if tmp.exists() else 0
         shutil.rmtree(tmp, ignore_errors=True)
-        if error.errno != errno.ENOSPC:
+        if not is_disk_full(error):
             raise
         previous = latest_checkpoint(root)
         needed = _folder_bytes(previous) if previous is not None else written
         free = shutil.disk_usage(root).free
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "there is no earlier checkpoint"
         raise CheckpointWriteError(
-            errno.ENOSPC,
-            f"no space left to write checkpoint {final.name} in {root}: it needs about {needed / 2**30:.2f} GiB "
-            f"and {free / 2**30:.2f} GiB are free; {kept}. Free some space and run again with --resume",
+            f"no space left to write checkpoint {final.name} in {root}: it needs about {_size(needed)} "
+            f"and {_size(free)} are free; {kept}. Free some space and run again with --resume"
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,6 +201,18 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """``ENOSPC`` from our writes (an ``OSError``) or from a library's own writer (safetensors reports
+    it as ``SafetensorError: ... No space left on device (os error 28)``), anywhere in the chain."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "os error 28" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def remove_partial_checkpoints(root: Path) -> list[Path]:
