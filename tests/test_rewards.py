@@ -4,10 +4,13 @@ registry and combination. Real math-verify and real worker processes; nothing is
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import threading
 import time
 
+import psutil  # installed with accelerate, a dependency of hybridrft
 import pytest
 
 from hybridrft.rewards import (
@@ -25,6 +28,7 @@ from hybridrft.rewards import (
     register_reward,
     reset_reward_counters,
     reward_counters,
+    shared_worker,
     verify_answer,
 )
 
@@ -112,7 +116,7 @@ def test_math_reward_scores_equivalent_forms_and_wrong_answers():
     completions, golds, expected = map(list, zip(*cases))
     assert math_answer_reward([None] * len(cases), completions, golds) == expected
     counts = reward_counters()
-    assert counts == {"reward/calls": len(cases), "reward/errors": 0, "reward/timeouts": 0}
+    assert (counts["reward/calls"], counts["reward/errors"], counts["reward/timeouts"]) == (len(cases), 0, 0)
 
 
 def test_lenient_math_reward_falls_back_to_the_last_number():
@@ -124,7 +128,8 @@ def test_lenient_math_reward_falls_back_to_the_last_number():
 def test_math_reward_scores_a_failing_check_zero_and_counts_it():
     # A lone backslash is no answer math-verify can parse: the check raises in the worker.
     assert math_answer_reward([None, None], ["\\boxed{1}", "\\boxed{2}"], ["\\", "2"]) == [0.0, 1.0]
-    assert reward_counters() == {"reward/calls": 2, "reward/errors": 1, "reward/timeouts": 0}
+    counts = reward_counters()
+    assert (counts["reward/calls"], counts["reward/errors"], counts["reward/timeouts"]) == (2, 1, 0)
 
 
 def test_math_reward_accepts_chat_completions():
@@ -189,6 +194,76 @@ def test_worker_is_restarted_when_killed_while_idle(quick_worker):
     os.kill(quick_worker.pid, 9)
     time.sleep(0.2)
     assert quick_worker.call(abs, -2, timeout=10) == 2
+
+
+def _wait_until_dead(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a killed child has exited, without reaping it (its Popen does that)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still alive {timeout} s after SIGKILL")
+
+
+def test_killed_shared_worker_is_restarted_and_counted():
+    completions = ["We halve it: \\boxed{\\frac{2}{4}}", "#### 7", "The answer is 41."]
+    golds = ["0.5", "7", "42"]
+    reward = [("math", get_reward("math"), 1.0)]
+    assert combine_rewards(reward, [None] * 3, completions, golds)[1]["math"] == [1.0, 1.0, 0.0]
+    old_pid = shared_worker().pid
+    reset_reward_counters()
+    os.kill(old_pid, signal.SIGKILL)
+    _wait_until_dead(old_pid)
+
+    totals, per_reward = combine_rewards(reward, [None] * 3, completions, golds)
+
+    assert per_reward["math"] == [1.0, 1.0, 0.0] and totals == [1.0, 1.0, 0.0]
+    assert shared_worker().pid not in (None, old_pid)
+    assert old_pid not in {child.pid for child in psutil.Process().children()}  # reaped
+    assert reward_counters() == {
+        "reward/calls": 3,
+        "reward/errors": 0,
+        "reward/timeouts": 0,
+        "reward/worker_restarts": 1,
+    }
+
+
+def test_worker_killed_during_a_check_scores_it_zero_and_the_batch_goes_on():
+    verify_answer("1", "1")  # the worker is up
+    pid = shared_worker().pid
+    reset_reward_counters()
+    # The first check never ends on its own (limit 60 s); the kill lands while it runs.
+    killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
+    start = time.monotonic()
+    killer.start()
+    try:
+        scores = math_answer_reward(
+            [None] * 3, [HANGING_COMPLETION, "\\boxed{2}", "#### 3"], ["1", "2", "3"], verify_timeout=60
+        )
+    finally:
+        killer.cancel()
+        killer.join()
+    assert scores == [0.0, 1.0, 1.0]
+    assert time.monotonic() - start < 30
+    assert reward_counters() == {
+        "reward/calls": 3,
+        "reward/errors": 1,  # the check the kill interrupted (RewardWorkerError: the worker died)
+        "reward/timeouts": 0,
+        "reward/worker_restarts": 1,
+    }
+
+
+def test_restarts_after_timeouts_are_counted_too(quick_worker):
+    quick_worker.call(abs, 1, timeout=10)
+    with pytest.raises(RewardTimeout):
+        quick_worker.call(time.sleep, 10, timeout=0.2)
+    assert reward_counters()["reward/worker_restarts"] == 0  # restarted lazily, by the next call
+    assert quick_worker.call(abs, -3, timeout=10) == 3
+    assert reward_counters()["reward/worker_restarts"] == quick_worker.restarts == 1
 
 
 def test_task_exception_is_re_raised_in_the_caller(quick_worker):
@@ -333,6 +408,56 @@ def test_combine_rewards_scores_non_finite_zero_and_counts_it():
     assert reward_counters()["reward/errors"] == 1
 
 
+class _NotANumber:
+    """An object a reward function might return by mistake (no __float__)."""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [float("nan"), float("inf"), float("-inf"), "1", _NotANumber(), [1.0], 10**400, complex(1, 0)],
+    ids=["nan", "inf", "-inf", "text", "object", "list", "huge-int", "complex"],
+)
+def test_combine_rewards_scores_a_bad_score_zero_and_counts_it(bad, caplog):
+    def mostly_fine(prompts, completions, answer, **columns):
+        return [0.5, bad, None, 1]
+
+    with caplog.at_level(logging.WARNING, logger="hybridrft.rewards.registry"):
+        totals, per_reward = combine_rewards(
+            [("mostly_fine", mostly_fine, 2.0), ("constant", _constant_reward(1.0), 1.0)],
+            prompts=["q"] * 4,
+            completions=["a", "b", "c", "d"],
+            answers=["1"] * 4,
+        )
+    assert per_reward["mostly_fine"] == [0.5, 0.0, 0.0, 1.0]  # the others keep their scores
+    assert all(type(score) is float for score in per_reward["mostly_fine"])
+    assert totals == [2.0, 1.0, 1.0, 3.0]
+    assert reward_counters()["reward/errors"] == 1  # the bad score; None is "not applicable"
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "'mostly_fine'" in warnings[0] and "1 of 4 scores" in warnings[0]
+
+
+def test_combine_rewards_counts_every_bad_score_in_one_warning(caplog):
+    import numpy as np
+
+    def messy(prompts, completions, answer, **columns):
+        return [float("nan"), np.float32(0.25), float("inf"), "0.5", None, np.float64("nan"), True, object()]
+
+    with caplog.at_level(logging.WARNING, logger="hybridrft.rewards.registry"):
+        totals, per_reward = combine_rewards([("messy", messy, 1.0)], ["q"] * 8, list("abcdefgh"), ["1"] * 8)
+    assert per_reward["messy"] == [0.0, 0.25, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert all(math.isfinite(total) for total in totals)
+    assert reward_counters()["reward/errors"] == 5
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'messy'" in warnings[0] and "5 of 8 scores" in warnings[0]
+
+
+@pytest.mark.parametrize("output", [None, "1.0", 1.0, (s for s in [1.0])], ids=["None", "text", "float", "generator"])
+def test_combine_rewards_rejects_an_output_that_is_no_list(output):
+    with pytest.raises(ValueError, match="reward 'odd' returned .*, not a list of scores"):
+        combine_rewards([("odd", lambda prompts, completions, answer, **kw: output, 1.0)], ["q"], ["a"], ["1"])
+
+
 def test_combine_rewards_rejects_wrong_length():
     with pytest.raises(ValueError, match="'short' returned 1 scores for 2 completions"):
         combine_rewards(
@@ -344,8 +469,15 @@ def test_combine_rewards_rejects_wrong_length():
 
 
 def test_reward_counters_snapshot_and_reset():
+    verify_answer("1", "1")  # a running worker: no restart below, whatever ran before
+    reset_reward_counters()
     math_answer_reward([None], ["\\boxed{1}"], ["1"])
-    assert reward_counters() == {"reward/calls": 1, "reward/errors": 0, "reward/timeouts": 0}
+    assert reward_counters() == {
+        "reward/calls": 1,
+        "reward/errors": 0,
+        "reward/timeouts": 0,
+        "reward/worker_restarts": 0,
+    }
     reset_reward_counters()
     assert reward_counters()["reward/calls"] == 0
 

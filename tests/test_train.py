@@ -32,7 +32,8 @@ def test_two_steps_with_each_objective(method, tiny_model_dir, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
         assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
-        for key in ("lr", "time/step", "throughput/tokens_per_s", "reward/errors", "reward/timeouts"):
+        for key in ("lr", "time/step", "throughput/tokens_per_s", "reward/errors", "reward/timeouts", "reward/worker_restarts",
+                    "train/skipped", "train/skipped_steps"):
             assert key in record
     evals = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [0, 2] and "eval/accuracy" in evals[0]

@@ -25,8 +25,11 @@ _WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)
 # Box content: "B", "(B)", "B.", "B) Paris", "B: Paris" (a letter, then nothing or a separator).
 _BOXED_LETTER = re.compile(r"^\(?\s*([A-Za-z])\s*\)?(?:[.:)]|\s|$)")
 # "The answer is (C)", "answer: **D**", "Final Answer: B", "the correct answer is option A".
+# Each optional separator owns the whitespace after it (`\s*(?:[:]\s*)?`, not `\s*[:]?\s*`):
+# three adjacent `\s*` split a run of n spaces in O(n^2) ways, so a failing match cost O(n^3) and
+# "answer" followed by 10,000 spaces took hours (tests/test_rewards_hostile.py).
 _ANSWER_PHRASE = re.compile(
-    r"(?i:answer)(?:\s+(?i:is))?\s*[:\uff1a]?\s*(?:\*\*|\$)?\s*(?:(?i:option|choice)\s+)?"
+    r"(?i:answer)(?:\s+(?i:is))?\s*(?:[:\uff1a]\s*)?(?:(?:\*\*|\$)\s*)?(?:(?i:option|choice)\s+)?"
     r"\(?([A-Z])\)?(?![A-Za-z0-9])"
 )
 # A final standalone letter: "...\n\nB", "... (C)", "**D**", "so the choice is C."

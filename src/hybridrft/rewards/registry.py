@@ -123,29 +123,58 @@ def _report_failure(name: str, size: int, error: Exception) -> None:
     )
 
 
+def _finite_score(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (an int, a float, a numpy or 0-d torch scalar),
+    else None. Text is never a score, even text that reads as one ("1")."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return None
+    try:
+        score = float(value)
+    except Exception:  # TypeError for an object, OverflowError for a huge int, whatever __float__ raises
+        return None
+    return score if math.isfinite(score) else None
+
+
+def _shorten_repr(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _as_scores(name: str, raw: Any, size: int) -> list[float]:
-    """Validate one function's output: None and non-finite become 0.0; a wrong shape raises."""
+    """Validate one function's output: one score per completion, each a float.
+
+    ``None`` means "not applicable" and scores 0.0 without counting. A score that is NaN, infinite
+    or not a number (text, an object) scores 0.0 and counts one error each, with one warning for
+    the batch. An output that is no list, or has the wrong length, is a bug and raises ValueError.
+    """
     if raw is None or isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
         raise ValueError(f"reward {name!r} returned {type(raw).__name__}, not a list of scores")
     if len(raw) != size:
         raise ValueError(f"reward {name!r} returned {len(raw)} scores for {size} completions")
     scores = []
-    non_finite = 0
+    bad = []
     for value in raw:
         if value is None:
             scores.append(0.0)
             continue
-        try:
-            score = float(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"reward {name!r} returned a non-number score {value!r}") from error
-        if not math.isfinite(score):
-            non_finite += 1
+        score = _finite_score(value)
+        if score is None:
+            bad.append(value)
             score = 0.0
         scores.append(score)
-    if non_finite:
-        COUNTERS.add(errors=non_finite)
-        logger.warning("reward %r returned %d non-finite scores; scored 0", name, non_finite)
+    if bad:
+        COUNTERS.add(errors=len(bad))
+        logger.warning(
+            "reward %r returned %d of %d scores that are not finite numbers (first: %s); "
+            "those scored 0",
+            name,
+            len(bad),
+            size,
+            _shorten_repr(bad[0]),
+        )
     return scores
 
 
@@ -160,8 +189,10 @@ def combine_rewards(
 
     Each function is called once on the whole batch, TRL-style:
     ``fn(prompts=..., completions=..., answer=..., **columns)``. None scores count as 0.0. A
-    function that raises scores 0.0 on the whole batch and counts one error (training goes on);
-    one that returns the wrong number of scores is a bug and raises ValueError naming it.
+    function that raises scores 0.0 on the whole batch and counts one error (training goes on); a
+    score that is NaN, infinite or not a number (``"1"``, an object) scores 0.0 and counts one
+    error per score, with one warning per function and batch. A function that returns no list,
+    or the wrong number of scores, is a bug and raises ValueError naming it.
 
     Returns:
         (weighted total per completion, {name: per-completion scores}).

@@ -29,6 +29,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from hybridrft.rewards.counters import COUNTERS
+
 logger = logging.getLogger(__name__)
 
 # Importing these at start-up keeps sympy's import time (about a second) out of the first task's
@@ -92,7 +94,9 @@ class TimeLimitedWorker:
 
     Thread-safe: a lock serialises the tasks (one child runs one task at a time), so the time a
     caller waits for the lock does not count against its own limit. The child starts on the first
-    call; after a timeout or a crash it is restarted lazily by the next call.
+    call; after a timeout or a crash (or a kill from outside) it is restarted lazily by the next
+    call, and each restart is counted in ``restarts`` and in the process-wide
+    ``reward/worker_restarts`` counter (:mod:`hybridrft.rewards.counters`), so a trainer logs it.
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class TimeLimitedWorker:
         self._process, self._conn = process, parent_end
         if self._started_once:
             self.restarts += 1
+            COUNTERS.add(worker_restarts=1)
         self._started_once = True
         if not self._atexit_registered:
             atexit.register(self.close)
@@ -236,6 +241,7 @@ class TimeLimitedWorker:
         if self._owner_pid != os.getpid():
             self._process, self._conn = None, None
             self._owner_pid = os.getpid()
+            self._started_once = False  # this process's first worker is a start, not a restart
 
 
 _shared_worker: TimeLimitedWorker | None = None
