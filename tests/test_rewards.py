@@ -221,15 +221,17 @@ def test_killed_shared_worker_is_restarted_and_counted():
 
     totals, per_reward = combine_rewards(reward, [None] * 3, completions, golds)
 
-    assert per_reward["math"] == [1.0, 1.0, 0.0] and totals == [1.0, 1.0, 0.0]
+    counters = reward_counters()
+    assert per_reward["math"][1:] == [1.0, 0.0] and totals[1:] == [1.0, 0.0]
+    # the first check reaches the new worker, or, where the kernel reports the death late (seen
+    # under gVisor), it was already sent to the dying one: then it is an error scored 0, never an
+    # exception, and the rest of the batch is checked by the new worker
+    first_reached_new_worker = per_reward["math"][0] == 1.0 and counters["reward/errors"] == 0
+    first_lost_with_old_worker = per_reward["math"][0] == 0.0 and counters["reward/errors"] == 1
+    assert first_reached_new_worker or first_lost_with_old_worker, (per_reward, counters)
     assert shared_worker().pid not in (None, old_pid)
     assert old_pid not in {child.pid for child in psutil.Process().children()}  # reaped
-    assert reward_counters() == {
-        "reward/calls": 3,
-        "reward/errors": 0,
-        "reward/timeouts": 0,
-        "reward/worker_restarts": 1,
-    }
+    assert (counters["reward/calls"], counters["reward/timeouts"], counters["reward/worker_restarts"]) == (3, 0, 1)
 
 
 def test_worker_killed_during_a_check_scores_it_zero_and_the_batch_goes_on():

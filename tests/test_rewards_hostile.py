@@ -42,9 +42,10 @@ TIME_LIMITS_S = {"math": LIMIT_S, "math_lenient": LIMIT_S, "format": 0.0, "choic
 # next check starts a fresh one (a new interpreter importing sympy and math-verify: about 0.2 s on
 # an idle 2-core machine, several times that when other jobs keep its cores busy; start-up is
 # deliberately outside the limit), and the completion (up to a few hundred KB here) goes through a
-# pipe and through the extraction regexes first (milliseconds). 2 s covers that with room for a
-# loaded CI machine.
-MARGIN_S = 2.0
+# pipe and through the extraction regexes first (milliseconds). 3 s covers that with room for a
+# loaded CI machine and for sandboxed hosts where starting a process is slow (about 2.5 s per
+# restart was measured under gVisor).
+MARGIN_S = 3.0
 GOLD = {"choice": "B"}  # the math rewards and `format` get "1"
 
 HANGING_TOWER = "\\boxed{9^{9^{9^{9}}}}"  # sympy never finishes evaluating it

@@ -29,9 +29,10 @@ def test_training_logprobs_are_the_samplers_at_its_temperature(shared_prompt_for
         reward=[0.0] * len(completions), truncated=[c.truncated for c in completions],
         pad_id=trainer.tokenizer.pad_token_id,
     )
+    batch = batch.to(trainer.accelerator.device)
     with torch.no_grad():
         logp = trainer._forward(batch).logp
-    sampled = torch.tensor([lp for c in completions for lp in c.logprobs])
+    sampled = torch.tensor([lp for c in completions for lp in c.logprobs], device=logp.device)
     trained = logp[batch.loss_mask]
     assert sampled.numel() == trained.numel() > 12
     torch.testing.assert_close(trained, sampled, atol=1e-5, rtol=1e-5)
@@ -49,19 +50,20 @@ def test_second_update_has_a_ratio_and_clipped_tokens_get_no_gradient(tiny_model
     ))
     plan, batch, _ = trainer.collect(1)
     batch.old_logp = trainer._logprobs(batch, trainer.model)  # the behaviour policy, measured once
-    mask = batch.masks["rollout"]
+    on_device = batch.to(trainer.accelerator.device)
+    mask = on_device.masks["rollout"]
     with torch.no_grad():
-        first = trainer._forward(batch).logp
-    torch.testing.assert_close(first[mask], batch.old_logp[mask])  # the first update's ratio is 1
+        first = trainer._forward(on_device).logp
+    torch.testing.assert_close(first[mask], on_device.old_logp[mask])  # the first update's ratio is 1
 
     trainer.compute_gradients(batch, plan)
     trainer.optimizer_update()
-    logp = trainer._forward(batch).logp.detach().requires_grad_()
-    ratio = torch.exp(logp - batch.old_logp)[mask]
+    logp = trainer._forward(on_device).logp.detach().requires_grad_()
+    ratio = torch.exp(logp - on_device.old_logp)[mask]
     assert (ratio - 1).abs().max() > 0.05  # the second update sees a moved policy
 
-    advantage = batch.advantage.unsqueeze(-1)
-    per_token, clipped = clipped_surrogate(logp, batch.old_logp, advantage, eps_low=0.2, eps_high=0.2)
+    advantage = on_device.advantage.unsqueeze(-1)
+    per_token, clipped = clipped_surrogate(logp, on_device.old_logp, advantage, eps_low=0.2, eps_high=0.2)
     (per_token * mask).sum().backward()
     clipped &= mask
     assert clipped.any(), "no token left the clip range; raise the learning rate of this test"
