@@ -1,7 +1,9 @@
 """The Trainer: one loop for every method, read top to bottom in ``training_step``.
 
-    plan -> rollouts -> rewards -> RolloutBatch -> advantages -> micro-batched loss/backward
-         -> pre-clip gradient norm, clip, AdamW + LR schedule -> objective.after_step -> metrics
+    plan -> rollouts -> rewards -> RolloutBatch -> objective.prepare_batch (advantages, masks)
+         -> [old / reference log-probs, once] -> for each update: micro-batched loss/backward,
+            pre-clip gradient norm, clip, AdamW (skipped if not finite)
+         -> LR schedule -> objective.after_step -> metrics
 
 The objective decides what a step needs and what its loss is; the Trainer does everything else:
 sampling, scoring, batching, normalisation across micro-batches (and processes), optimisation,
@@ -293,39 +295,44 @@ class Trainer:
             batch.old_logp = self._logprobs(batch, self.model)
         if self.reference is not None:
             batch.ref_logp = self._logprobs(batch, self.reference)
-        per_update: list[dict[str, float]] = []
-        skipped = False
-        for _ in range(cfg.epochs_per_batch):
-            for rows in self._update_batches(batch):
-                update_metrics = self.compute_gradients(batch.select(rows), plan)
-                update_metrics.update(self.optimizer_update(update_metrics["loss"]))
-                per_update.append(update_metrics)
-                if update_metrics["skipped"]:
-                    skipped = True
-                    break  # the batch produced a non-finite value: none of its later updates is taken
-            if skipped:
-                break
+        per_update = self.updates(batch, plan)
         metrics.update(_mean_over_updates(per_update))
-        metrics.pop("skipped")
-        metrics["train/skipped"] = float(skipped)
+        skipped = bool(metrics.pop("skipped"))
         if skipped:
-            self.skipped_steps += 1
-            self.bad_steps_in_a_row += 1
-            logger.warning(
-                "step %d skipped: non-finite loss (%s) or gradient norm (%s); the step's examples: %s",
-                step, per_update[-1]["loss"], per_update[-1]["grad_norm"], ", ".join(self._step_example_ids),
-            )
+            self._record_skipped_step(step, per_update[-1])
         else:
             self.bad_steps_in_a_row = 0
             self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
             metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
-        metrics["train/skipped_steps"] = self.skipped_steps
+        metrics.update({"train/skipped": float(skipped), "train/skipped_steps": self.skipped_steps})
         step_s = time.perf_counter() - t_start
         metrics["time/train"] = time.perf_counter() - t_train
         metrics["time/step"] = step_s
         metrics["throughput/tokens_per_s"] = metrics["tokens/trained"] * updates / step_s
         metrics.update({name: total - counts_before[name] for name, total in reward_counters().items()})
         return metrics
+
+    def updates(self, batch: RolloutBatch, plan: StepPlan) -> list[dict[str, float]]:
+        """The step's optimizer updates: ``epochs_per_batch`` passes over ``updates_per_batch`` parts
+        of the batch. An update with a non-finite value is not taken, and neither is any after it."""
+        cfg = self.config.train
+        per_update: list[dict[str, float]] = []
+        for _ in range(cfg.epochs_per_batch):
+            for rows in self._update_batches(batch):
+                metrics = self.compute_gradients(batch.select(rows), plan)
+                metrics.update(self.optimizer_update(metrics["loss"]))
+                per_update.append(metrics)
+                if metrics["skipped"]:
+                    return per_update
+        return per_update
+
+    def _record_skipped_step(self, step: int, bad_update: dict[str, float]) -> None:
+        self.skipped_steps += 1
+        self.bad_steps_in_a_row += 1
+        logger.warning(
+            "step %d skipped: non-finite loss (%s) or gradient norm (%s); the step's examples: %s",
+            step, bad_update["loss"], bad_update["grad_norm"], ", ".join(self._step_example_ids),
+        )
 
     def collect(self, step: int) -> tuple[StepPlan, RolloutBatch, dict[str, Any]]:
         """Steps 1-5 of a step: prompts, plan, rollouts and demonstrations, rewards, advantages."""
