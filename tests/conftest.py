@@ -111,6 +111,25 @@ def tiny_config(model_dir, output_dir, *overrides):
     )
 
 
+def flatten_tree(tree: dict, prefix: str = "") -> dict:
+    """A recipe's nested mapping as dotted keys (``{"train": {"max_steps": 2}}`` -> ``train.max_steps``)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_tree(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_value(config, dotted: str):
+    """The value at a dotted key of a loaded config (free-form mappings such as data.fields included)."""
+    value = config
+    for part in dotted.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

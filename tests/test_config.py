@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import config_value, flatten_tree
 from hybridrft.config import ConfigError, load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -61,21 +62,6 @@ def test_reward_weights_must_match_functions():
         load_config(overrides=["reward.functions=[math,format]"])
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _get(config, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = value[part] if isinstance(value, dict) else getattr(value, part)
-    return value
 
 
 SHIPPED = RECIPES + sorted((RECIPES[0].parent / "paper").glob("*.yaml"))
@@ -94,7 +80,7 @@ def test_every_recipe_loads_as_shipped(recipe):
     tree = yaml.safe_load(recipe.read_text())
     config = load_config(recipe)
     assert config.method == tree["method"]
-    mismatched = {key: (_get(config, key), value) for key, value in _flatten(tree).items() if _get(config, key) != value}
+    mismatched = {key: (config_value(config, key), value) for key, value in flatten_tree(tree).items() if config_value(config, key) != value}
     assert not mismatched, f"{recipe.name}: config value vs recipe value: {mismatched}"
     assert build_objective(config).name == tree["method"]
 

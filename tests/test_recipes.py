@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import config_value, flatten_tree
 from hybridrft.config import load_config
 from hybridrft.objectives import OBJECTIVES, build_objective
 from hybridrft.train import Trainer, read_metrics
@@ -36,21 +37,6 @@ def _expected_method(path: Path) -> str:
     return path.stem[: -len("_gsm8k")]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _get(config, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _cpu_overrides(method: str, recipe: dict, model_dir: Path, output_dir: Path) -> list[str]:
@@ -103,9 +89,9 @@ def test_recipe_trains_one_step(path, tiny_model_dir, tmp_path):
 
     # every value the recipe sets, other than the CPU overrides, reaches the config unchanged
     overridden = {o.split("=", 1)[0] for o in overrides}
-    for key, value in _flatten(recipe).items():
+    for key, value in flatten_tree(recipe).items():
         if key not in overridden:
-            assert _get(config, key) == value, f"{path.name}: {key} is {_get(config, key)!r}, the recipe says {value!r}"
+            assert config_value(config, key) == value, f"{path.name}: {key} is {config_value(config, key)!r}, the recipe says {value!r}"
 
     if _is_paper(path):
         assert config.model.name_or_path == str(tiny_model_dir)  # the recipe's own model is Qwen2.5-Math-7B
