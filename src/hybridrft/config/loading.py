@@ -56,23 +56,23 @@ def _valid_keys(cls: type, prefix: str = "") -> dict[str, bool]:
 
 def check_key(key: str, where: str) -> None:
     """Raise ``ConfigError`` naming the closest valid key when ``key`` is not in the schema."""
-    _KEYS = _valid_keys(config_class())
-    if key in _KEYS:
+    keys = _valid_keys(config_class())
+    if key in keys:
         return
     parent = key.rsplit(".", 1)[0] if "." in key else None
-    if parent is not None and _KEYS.get(parent):  # a subkey of a free-form mapping (data.fields.x)
+    if parent is not None and keys.get(parent):  # a subkey of a free-form mapping (data.fields.x)
         return
     # a free-form mapping can sit higher up too (data.fields.prompt.x is still invalid, but rare)
-    close = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    _KEYS = _valid_keys(config_class())
+    keys = _valid_keys(config_class())
     for name, value in tree.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict) and not _KEYS.get(key, False) and key in _KEYS:
+        if isinstance(value, dict) and not keys.get(key, False) and key in keys:
             yield from _flatten(value, key + ".")
         else:
             yield key, value
@@ -130,7 +130,7 @@ def load_config(
     for _, tree in reversed(layers):
         if method is None:
             method = tree.get("method")
-    method = method or schema().method
+    method = method or Config.method
     if METHOD_DEFAULTS.get(method):
         layers.insert(0, (f"{method}'s defaults", _unflatten(METHOD_DEFAULTS[method])))
     merged = OmegaConf.structured(schema)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hybridrft.objectives.base import MIXED, TRAINED, StepPlan, register_objective, sequence_mask
+from hybridrft.objectives.base import TRAINED, StepPlan, register_objective, sequence_mask
 from hybridrft.objectives.composite import GRPOWithSFT
-from hybridrft.objectives.grpo import group_advantage, grpo_loss
+from hybridrft.objectives.grpo import grpo_loss
 from hybridrft.objectives.sft import sft_loss
 
 SFT_TOKENS, RL_TOKENS = "sft_tokens", "rl_tokens"
@@ -57,11 +57,10 @@ class HPTObjective(GRPOWithSFT):
     }
 
     def plan(self, step: int) -> StepPlan:
-        group = self.config.group
-        return StepPlan(MIXED, group.num_generations, group.demos_per_prompt)
+        return self.mixed_plan({})
 
     def prepare(self, batch, plan):
-        batch.advantage = group_advantage(batch, self.config.group)
+        super().prepare(batch, plan)  # group advantages over the rollouts
         to_sft = sft_prompts(
             batch.reward, batch.group, batch.is_demo,
             gate=self.config.hpt.switch_gate, threshold=self.config.reward.correct_threshold,

@@ -157,31 +157,20 @@ class SRFTObjective(Objective):
         if masks[NEGATIVE].any():  # reduced with min over micro-batches (the _min suffix)
             metrics["srft/negative_logp_min"] = logp.detach()[masks[NEGATIVE]].min()
 
+        def rl_term(values, name):
+            """An RL part over ``masks[name]``: joint normalisation shares one normaliser, every RL
+            token of the batch; separate normalisation uses the part's own tokens."""
+            normaliser = totals[COMPLETIONS] if cfg.normalisation == "joint" else totals[name]
+            return self.agg(values, masks[name], normaliser)
+
         # demonstrations: entropy-weighted SFT (always its own aggregation) and off-policy RL
         sft_demo = self.agg(w_sft * -logp, masks[DEMO], totals[DEMO])
-        rl_demo_tokens = -advantage * shaped_probability(logp, cfg.policy_shaping_gamma)
+        rl_demo = rl_term(-advantage * shaped_probability(logp, cfg.policy_shaping_gamma), DEMO)
         if cfg.self_rollout_loss == "advantage":
             per_token, _ = clipped_policy_terms(self.config.grpo, batch, out)
-            rl_self_tokens = torch.where(masks[POSITIVE], w_rl, torch.ones_like(w_rl)) * per_token
-            pos_tokens = neg_tokens = None
+            rl_self = rl_term(torch.where(masks[POSITIVE], w_rl, torch.ones_like(w_rl)) * per_token, ROLLOUT)
         else:
-            pos_tokens, neg_tokens = w_rl * -logp, logp
-
-        if cfg.normalisation == "joint":  # one aggregation over every RL token; parts share its normaliser
-            total = totals[COMPLETIONS]
-            rl_demo = self.agg(rl_demo_tokens, masks[DEMO], total)
-            if pos_tokens is None:
-                rl_self = self.agg(rl_self_tokens, masks[ROLLOUT], total)
-            else:
-                rl_pos, rl_neg = self.agg(pos_tokens, masks[POSITIVE], total), self.agg(neg_tokens, masks[NEGATIVE], total)
-        else:
-            rl_demo = self.agg(rl_demo_tokens, masks[DEMO], totals[DEMO])
-            if pos_tokens is None:
-                rl_self = self.agg(rl_self_tokens, masks[ROLLOUT], totals[ROLLOUT])
-            else:
-                rl_pos = self.agg(pos_tokens, masks[POSITIVE], totals[POSITIVE])
-                rl_neg = self.agg(neg_tokens, masks[NEGATIVE], totals[NEGATIVE])
-        if pos_tokens is not None:
+            rl_pos, rl_neg = rl_term(w_rl * -logp, POSITIVE), rl_term(logp, NEGATIVE)
             rl_self = rl_pos + rl_neg
             metrics["loss/rl_self_pos"] = rl_pos.detach()
             metrics["loss/rl_self_neg"] = rl_neg.detach()
