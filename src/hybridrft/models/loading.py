@@ -158,6 +158,21 @@ def load_policy(
     return model
 
 
+def load_training_policy(model_config, *, checkpoint: Path | None = None, model=None):
+    """The policy a run trains: ``model`` (built in memory) or ``model_config.name_or_path``, with the
+    weights of ``checkpoint`` (a checkpoint's ``model/`` folder) when a run resumes."""
+    if model is None:
+        return load_policy(
+            str(checkpoint) if checkpoint else model_config.name_or_path,
+            dtype=model_config.dtype,
+            attn_implementation=model_config.attn_implementation,
+            gradient_checkpointing=model_config.gradient_checkpointing,
+        )
+    if checkpoint:
+        model.load_state_dict(load_policy(str(checkpoint)).state_dict())
+    return model
+
+
 def save_policy(model, tokenizer, path: str | Path) -> None:
     """Write a ``save_pretrained`` folder (safetensors) that transformers and vLLM load directly."""
     path = Path(path)

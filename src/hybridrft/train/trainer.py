@@ -28,7 +28,7 @@ import torch
 from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
 from hybridrft.eval import EvalResult, evaluate
-from hybridrft.models import load_policy, load_tokenizer, save_policy
+from hybridrft.models import load_policy, load_tokenizer, load_training_policy, save_policy
 from hybridrft.objectives import SFT, BatchTotals, PolicyOutputs, StepPlan, build_objective
 from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.ops import MaskTotals, shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy
@@ -152,17 +152,8 @@ class Trainer:
                 logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
 
         # model and tokenizer (a resumed run takes the weights of its checkpoint)
-        policy_source = str(resume_from / "model") if resume_from else config.model.name_or_path
         self.tokenizer = tokenizer or load_tokenizer(config.model.name_or_path)
-        if model is None:
-            model = load_policy(
-                policy_source,
-                dtype=config.model.dtype,
-                attn_implementation=config.model.attn_implementation,
-                gradient_checkpointing=config.model.gradient_checkpointing,
-            )
-        elif resume_from:
-            model.load_state_dict(load_policy(policy_source).state_dict())
+        model = load_training_policy(config.model, checkpoint=resume_from / "model" if resume_from else None, model=model)
         allow_checkpointed_cache(model)  # the shared-prompt forward's caches are safe to replay
         self.objective = build_objective(config)
         self.reference = None
