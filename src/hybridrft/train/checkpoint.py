@@ -3,6 +3,8 @@
 A checkpoint is a folder ``checkpoints/step-NNNNNN`` holding
 
 - ``model/``: a ``save_pretrained`` folder (weights and tokenizer) that transformers and vLLM load;
+  for a LoRA policy (a PEFT model) the adapter only (``adapter_config.json``,
+  ``adapter_model.safetensors``) and the tokenizer, the frozen base coming from the run's model;
 - ``optimizer.pt``, ``scheduler.pt``: optimizer and LR-scheduler state;
 - ``trainer_state.pt``: step, data cursor, the objective's state (e.g. SASR's gradient norms and
   generator) and every RNG state (Python, NumPy, torch CPU and CUDA);
@@ -35,12 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridrft.models import save_policy
+
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TEMP_PREFIX = ".step-"  # a checkpoint being written; never listed, removed when a run starts
 MANIFEST = "manifest.json"
 STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.pt")
+MODEL_CONFIGS = ("model/config.json", "model/adapter_config.json")  # a full model's folder, a LoRA adapter's
 PAUSE_ENV = "HYBRIDRFT_TEST_PAUSE_AT"  # test-only: "<point>:<step>" stops the process there (see pause_point)
 
 
@@ -162,8 +167,7 @@ def save_checkpoint(
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{step:06d}-", dir=root))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
+        save_policy(model, tokenizer, tmp / "model", merge=False)  # a LoRA policy: its adapter only
         for f in (tmp / "model").iterdir():
             fsync_path(f)
         pause_point("checkpoint_write", step)
@@ -248,10 +252,9 @@ def checkpoint_problems(path: Path) -> list[str]:
         listed = manifest["files"]
     except (ValueError, KeyError, TypeError) as error:
         return [f"{MANIFEST} is not readable: {error}"]
-    problems = []
-    for name in (*STATE_FILES, "model/config.json"):
-        if name not in listed:
-            problems.append(f"{MANIFEST} does not list {name}")
+    problems = [f"{MANIFEST} does not list {name}" for name in STATE_FILES if name not in listed]
+    if not any(name in listed for name in MODEL_CONFIGS):  # a full model, or a LoRA adapter
+        problems.append(f"{MANIFEST} lists neither {' nor '.join(MODEL_CONFIGS)}")
     for name, expected in listed.items():
         file = path / name
         if not file.is_file():
