@@ -106,7 +106,7 @@ def run_hybridrft_worker(spec: dict) -> None:
     )
     trainer = Trainer(config, train_examples=examples, eval_examples=[])
     needed = spec["prompts"] * (spec["steps"] + 1)
-    order = trainer.epoch_order(0)[:needed]
+    order = trainer.prompts.epoch_order(0)[:needed]
     emit({"prompt_ids": [trainer.train_set.examples[i].id for i in order], "rss_loaded_mib": current_rss_mib()})
     for step in range(1, spec["steps"] + 2):
         wait_for_turn()

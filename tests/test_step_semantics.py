@@ -11,8 +11,9 @@ import torch
 
 from conftest import tiny_config
 from hybridrft.ops import clipped_surrogate
-from hybridrft.rollout import SamplingParams, build_rollout_batch
+from hybridrft.rollout import SamplingParams, build_rollout_batch, update_parts
 from hybridrft.train import Trainer, read_metrics
+from hybridrft.train.metrics import concatenate_columns, rollout_metrics, sequence_columns
 
 
 @pytest.mark.parametrize("shared_prompt_forward", [True, False])
@@ -39,7 +40,7 @@ def test_training_logprobs_are_the_samplers_at_its_temperature(shared_prompt_for
     # the same tokens scored at temperature 1 are not what the sampler drew them with
     trainer.config.rollout.temperature = 1.0
     with torch.no_grad():
-        untempered = trainer._forward(batch).logp[batch.loss_mask]
+        untempered = trainer._forward(batch, trainer._scorer(trainer.policy)).logp[batch.loss_mask]
     assert (untempered - sampled).abs().max() > 1e-3
 
 
@@ -90,7 +91,7 @@ def test_updates_per_batch_splits_the_prompt_groups(tiny_model_dir, tmp_path):
         "rollout.max_new_tokens=6",
     ))
     plan, batch, _ = trainer.collect(1)
-    parts = trainer._update_batches(batch)
+    parts = update_parts(batch.group, 2)
     assert len(parts) == 2 and sorted(sum(parts, [])) == list(range(len(batch)))
     groups = [set(batch.group[p].tolist()) for p in parts]
     assert groups[0].isdisjoint(groups[1]) and all(len(g) == 2 for g in groups)
@@ -125,14 +126,16 @@ def test_learning_rate_phase_keeps_the_schedule_shape(tiny_model_dir, tmp_path):
 
 def test_demonstrations_end_with_the_token_the_sampler_stops_on(tiny_model_dir, tmp_path, tiny_tokenizer):
     trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=sft"))
-    example = trainer.train_set.examples[0]
-    ids, _, _ = trainer._demonstration_ids(example, 1)
-    assert ids[0][-1] == trainer.sampler.stop_token_id == trainer.sampler.eos_ids[0]
+    def demo_ends(step):
+        _, batch, _ = trainer.collect(step)
+        lengths = batch.sequence_lengths
+        return {int(batch.input_ids[row, lengths[row] - 1]) for row in range(len(batch))}
+
+    assert demo_ends(1) == {trainer.sampler.stop_token_id} == {trainer.sampler.eos_ids[0]}
     # a model whose generation config stops on another id first: demonstrations follow the sampler
     other = tiny_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     trainer.sampler.eos_ids = [other, tiny_tokenizer.eos_token_id]
-    ids, _, _ = trainer._demonstration_ids(example, 1)
-    assert ids[0][-1] == other
+    assert demo_ends(2) == {other}
 
 
 def test_every_step_logs_the_reproduction_diagnostics(tiny_model_dir, tmp_path):
@@ -152,12 +155,11 @@ def test_every_step_logs_the_reproduction_diagnostics(tiny_model_dir, tmp_path):
     assert second["kl/initial_policy"] > 1e-6
 
 
-def test_group_solve_shares_by_hand(tiny_model_dir, tmp_path):
-    trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=grpo", "reward.functions=[math]", "reward.weights=[1.0]"))
+def test_group_solve_shares_by_hand():
     batch = build_rollout_batch(
         [[1, 2]] * 6, [[3]] * 6, is_demo=[False] * 6, group=[0, 0, 1, 1, 2, 2],
         reward=[1.0, 1.0, 0.0, 1.0, 0.0, 0.0], truncated=[False] * 6, pad_id=0,
     )
-    metrics = trainer._batch_metrics(batch, {}, 0)
+    metrics = rollout_metrics(concatenate_columns([sequence_columns(batch, {}, [0, 1, 2])]), 0, 1.0)
     assert metrics["groups/all_correct"] == pytest.approx(1 / 3)
     assert metrics["groups/none_correct"] == pytest.approx(1 / 3)

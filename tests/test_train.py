@@ -195,13 +195,14 @@ def test_samples_and_generations_are_readable(tiny_model_dir, tmp_path):
 
     trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=grpo", "train.log_samples=4"))
     used = []  # the indices of each step's training prompts, in order
-    next_prompts = trainer._next_prompts
+    next_share = trainer.prompts.next_share
 
-    def recording_next_prompts(count):
-        used.append(next_prompts(count))
-        return used[-1]
+    def recording_next_share(step, count):
+        share = next_share(step, count)
+        used.append(share.indices)
+        return share
 
-    trainer._next_prompts = recording_next_prompts
+    trainer.prompts.next_share = recording_next_share
     trainer.train()
     run = tmp_path / "run"
 

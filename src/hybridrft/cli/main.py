@@ -45,6 +45,8 @@ def _run_training(config) -> "TrainResult":  # noqa: F821
         result = trainer.train()
     except (NonFiniteTrainingError, CheckpointWriteError) as err:
         fail(str(err))
+    if not result.is_main_process:  # rank 0 writes the report
+        return result
     from hybridrft.report import write_report
 
     console.print(f"report: {write_report([result.output_dir])} (plots in {result.output_dir / 'plots'})")

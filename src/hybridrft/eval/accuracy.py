@@ -19,6 +19,19 @@ class EvalResult:
     num_examples: int
     records: list[dict] = field(default_factory=list)  # one per problem: what the model wrote and its score
 
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "EvalResult":
+        """The summary of per-problem records (for example gathered from the shards of several processes)."""
+        n = max(len(records), 1)
+        return cls(
+            accuracy=sum(r["correct"] for r in records) / n,
+            mean_reward=sum(r["reward"] for r in records) / n,
+            mean_length=sum(r["length"] for r in records) / n,
+            truncated=sum(r["truncated"] for r in records) / n,
+            num_examples=len(records),
+            records=list(records),
+        )
+
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         return {
             f"{prefix}/accuracy": self.accuracy,
@@ -66,12 +79,4 @@ def evaluate(
             )
         if on_batch is not None:
             on_batch(len(chunk))
-    n = max(len(records), 1)
-    return EvalResult(
-        accuracy=sum(r["correct"] for r in records) / n,
-        mean_reward=sum(r["reward"] for r in records) / n,
-        mean_length=sum(r["length"] for r in records) / n,
-        truncated=sum(r["truncated"] for r in records) / n,
-        num_examples=len(records),
-        records=records,
-    )
+    return EvalResult.from_records(records)

@@ -1,14 +1,16 @@
 """Samplers (rollout generation) and the ``RolloutBatch`` that training consumes."""
 
+from hybridrft.rollout.assembly import StepSequence, assemble_batch, demonstration_sequences, rollout_sequences
 from hybridrft.rollout.batch import (
     RolloutBatch,
     build_rollout_batch,
     group_micro_batches,
     length_sorted_micro_batches,
     pad_right,
+    update_parts,
 )
 from hybridrft.rollout.native import NativeSampler
-from hybridrft.rollout.prompts import encode_prompts
+from hybridrft.rollout.prompts import PromptSet, encode_prompts, prompt_set
 from hybridrft.rollout.sampler import Completion, HFSampler, Sampler, SamplingParams
 
 
@@ -22,6 +24,13 @@ def build_sampler(backend: str, model, tokenizer, *, batch_size: int) -> Sampler
 
 __all__ = [
     "Completion",
+    "PromptSet",
+    "StepSequence",
+    "assemble_batch",
+    "demonstration_sequences",
+    "prompt_set",
+    "rollout_sequences",
+    "update_parts",
     "HFSampler",
     "NativeSampler",
     "RolloutBatch",

@@ -81,6 +81,16 @@ def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) ->
     return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
 
 
+def update_parts(group: torch.Tensor, parts: int) -> list[list[int]]:
+    """Rows of each of ``parts`` optimizer updates: the prompt groups dealt out in turn (group ``g``
+    goes to update ``g mod parts``). Dealt, not cut in blocks, so that when every process holds a
+    multiple of ``parts`` groups, the processes' updates together are the one-process updates."""
+    if parts == 1:
+        return [list(range(len(group)))]
+    groups = group.unique().tolist()
+    return [torch.isin(group, torch.tensor(groups[j::parts])).nonzero().squeeze(-1).tolist() for j in range(parts) if groups[j::parts]]
+
+
 def group_micro_batches(group: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:
     """Index lists of at most ``micro_batch_size`` rows made of whole groups where they fit.
 

@@ -10,8 +10,10 @@ Three things make it cheaper than ``transformers.generate`` on the same model fo
 3. **Finished rows leave the batch.** When a quarter of the rows have emitted EOS, the batch is
    compacted, so the remaining steps compute only for the sequences still being written.
 
-Sampling is seeded per call with a private ``torch.Generator``: a step's rollouts depend only on
-the weights and the seed, so resumed runs reproduce the rollouts of a straight run.
+Sampling is seeded per prompt: each row draws its uniform numbers from a stream seeded by its
+prompt's seed and its sample number, so a prompt's rollouts depend only on the weights and that
+seed, not on the other prompts, the batching, the compaction or the process count (and resumed runs
+reproduce the rollouts of a straight run).
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ from contextlib import contextmanager
 import torch
 
 from hybridrft.models.kv_cache import capture_cache, captured, decode_cache, expand_prefix, select_decode_rows
-from hybridrft.rollout.sampler import Completion, SamplingParams, TokenSampler
+from hybridrft.rollout.sampler import Completion, SamplingParams, TokenSampler, per_prompt_seeds
 
 COMPACT_WHEN_FINISHED = 0.25  # compact once this fraction of the rows in the batch has finished
 
 
 def next_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token per row from ``logits [R, V]``: greedy at temperature 0, else temperature and top-p sampling.
 
-    Returns the tokens and, when sampling, their log-probabilities under ``softmax(logits / T)``
-    (before top-p truncation: the distribution the training forward scores them under).
+    ``uniforms [R]`` in [0, 1) pick each row's token by inverse-CDF sampling (drawn here from the
+    global RNG when not given). Returns the tokens and, when sampling, their log-probabilities under
+    ``softmax(logits / T)`` (before top-p truncation: the distribution the training forward scores
+    them under).
     """
     if params.temperature <= 0:
         return logits.argmax(-1), None
@@ -46,9 +50,19 @@ def next_tokens(
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     # inverse-CDF sampling: one uniform number per row (multinomial draws one per vocabulary entry)
     cdf = probs.cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(cdf.shape[0], device=cdf.device)
+    u = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]
     chosen = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return chosen, tempered.gather(-1, chosen[:, None]).squeeze(-1).log()
+
+
+def sample_uniforms(seeds: list[int] | None, count: int, n: int, budget: int) -> list[torch.Tensor]:
+    """Per prompt, ``[n, budget]`` uniform numbers (row ``j``, column ``t``: sample ``j``'s token ``t``),
+    from a generator seeded with the prompt's seed, or from the global RNG without seeds."""
+    if seeds is None:
+        return [torch.rand(n, budget) for _ in range(count)]
+    return [torch.rand(n, budget, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
 
 
 SKINNY_ROWS = 32  # at most this many activation rows take the weight-major product on CPU
@@ -90,39 +104,50 @@ class NativeSampler(TokenSampler):
     """Sample ``n`` completions per prompt with a shared prompt pass and a compacting KV cache."""
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        seed: int | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[Completion]:
         device = next(self.model.parameters()).device
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        uniforms = None
+        if params.temperature > 0:
+            seeds = per_prompt_seeds(len(prompts), seed, seeds)
+            uniforms = sample_uniforms(seeds, len(prompts), params.n, params.max_new_tokens)
         # chunks of at most batch_size rows; a prompt's samples stay together where they fit
-        chunks: list[list[tuple[int, int]]] = [[]]  # (prompt index, rows)
+        chunks: list[list[tuple[int, int, int]]] = [[]]  # (prompt index, first sample, rows)
         for index in range(len(prompts)):
-            remaining = params.n
-            while remaining:
-                free = self.batch_size - sum(rows for _, rows in chunks[-1])
+            first = 0
+            while first < params.n:
+                free = self.batch_size - sum(rows for _, _, rows in chunks[-1])
                 if free == 0:
                     chunks.append([])
                     continue
-                take = min(free, remaining)
-                chunks[-1].append((index, take))
-                remaining -= take
+                take = min(free, params.n - first)
+                chunks[-1].append((index, first, take))
+                first += take
         out: list[Completion] = []
         with self.evaluation_mode(), weight_major_linears(self.model):
             for chunk in chunks:
                 if chunk:
-                    out.extend(self._generate_chunk(prompts, chunk, params, generator, device))
+                    chunk_uniforms = None
+                    if uniforms is not None:
+                        chunk_uniforms = torch.cat([uniforms[i][first : first + rows] for i, first, rows in chunk]).to(device)
+                    out.extend(self._generate_chunk(prompts, chunk, params, chunk_uniforms, device))
         return out
 
-    def _generate_chunk(self, prompts, chunk, params, generator, device) -> list[Completion]:
+    def _generate_chunk(self, prompts, chunk, params, uniforms, device) -> list[Completion]:
         # 1. the distinct prompts in one right-padded pass; the hidden state at each prompt's last
         #    token gives the first-token distribution that all of its rows sample from
-        counts = torch.tensor([rows for _, rows in chunk], device=device)
-        lengths = torch.tensor([len(prompts[index]) for index, _ in chunk], device=device)
+        counts = torch.tensor([rows for _, _, rows in chunk], device=device)
+        lengths = torch.tensor([len(prompts[index]) for index, _, _ in chunk], device=device)
         width = int(lengths.max())
         prompt_mask = torch.arange(width, device=device)[None] < lengths[:, None]
         ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-        for k, (index, _) in enumerate(chunk):
+        for k, (index, _, _) in enumerate(chunk):
             ids[k, : len(prompts[index])] = torch.tensor(prompts[index], device=device)
         cache = capture_cache()
         hidden = self.model.get_decoder()(
@@ -134,7 +159,7 @@ class NativeSampler(TokenSampler):
         cache = decode_cache(expand_prefix(captured(cache), counts), capacity=width + budget)
 
         # 2. per-row state: attention mask over [prompt | its padding | generated], next position
-        prompt_index = [index for index, rows in chunk for _ in range(rows)]
+        prompt_index = [index for index, _, rows in chunk for _ in range(rows)]
         prompt_lengths = lengths.repeat_interleave(counts)
         total = len(prompt_index)
         mask = torch.zeros(total, width + budget, dtype=torch.long, device=device)
@@ -146,7 +171,7 @@ class NativeSampler(TokenSampler):
         eos = torch.tensor(self.eos_ids, device=device)
 
         for t in range(budget):
-            chosen, chosen_logp = next_tokens(logits, params, generator)
+            chosen, chosen_logp = next_tokens(logits, params, None if uniforms is None else uniforms[rows, t])
             chosen_logp = [None] * len(rows) if chosen_logp is None else chosen_logp.tolist()
             for row, token, logp, was_ended in zip(rows.tolist(), chosen.tolist(), chosen_logp, ended.tolist()):
                 if not was_ended:

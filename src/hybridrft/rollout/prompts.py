@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from hybridrft.data import Example, render_prompt
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptSet:
+    """Examples together with their prompts as token ids (rendered with the chat template)."""
+
+    examples: list[Example]
+    prompt_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
 
 def encode_prompts(
@@ -38,3 +50,16 @@ def encode_prompts(
             len(too_long), len(examples), source, max_prompt_tokens, ", ".join(too_long[:5]),
         )
     return kept, ids
+
+
+def prompt_set(tokenizer, examples: list[Example], data_config, source: str) -> PromptSet:
+    """``encode_prompts`` with a run's ``data`` settings."""
+    kept, ids = encode_prompts(
+        tokenizer,
+        examples,
+        system_prompt=data_config.system_prompt,
+        answer_instruction=data_config.answer_instruction,
+        max_prompt_tokens=data_config.max_prompt_tokens,
+        source=f"{source} ({data_config.source})",
+    )
+    return PromptSet(kept, ids)

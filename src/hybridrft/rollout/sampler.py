@@ -30,9 +30,31 @@ class Completion:
 
 
 class Sampler(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
-        """``len(prompts) * params.n`` completions, grouped by prompt in order."""
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        seed: int | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[Completion]:
+        """``len(prompts) * params.n`` completions, grouped by prompt in order.
+
+        ``seeds`` gives each prompt its own sampling seed, so a prompt's completions do not depend
+        on which other prompts share the call or the batch (``seed`` derives them from one number).
+        """
         ...
+
+
+def per_prompt_seeds(count: int, seed: int | None, seeds: list[int] | None) -> list[int] | None:
+    """One sampling seed per prompt: ``seeds`` as given, or derived from ``seed`` and the prompt's index."""
+    if seeds is not None:
+        if len(seeds) != count:
+            raise ValueError(f"{len(seeds)} sampling seeds for {count} prompts")
+        return list(seeds)
+    if seed is None:
+        return None
+    return [(seed * 1_000_033 + index) % (2**63 - 1) for index in range(count)]
 
 
 class TokenSampler:
@@ -80,21 +102,35 @@ class TokenSampler:
 class HFSampler(TokenSampler):
     """Batched sampling with ``model.generate`` on the policy being trained.
 
-    Prompts arrive as token ids; they are left-padded per generation batch. Sampling is seeded per
-    call, so a step's rollouts depend only on the weights and the seed (which makes resumed runs
-    reproduce the rollouts of a straight run).
+    Prompts arrive as token ids; they are left-padded per generation batch. ``generate`` draws from
+    the global torch RNG, so with seeds each prompt's samples are generated in their own calls,
+    seeded with the prompt's seed (slower than the native sampler, which draws per row).
     """
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None) -> list[Completion]:
-        if seed is not None:
-            torch.manual_seed(seed)
-        jobs = [i for i in range(len(prompts)) for _ in range(params.n)]
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        seed: int | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[Completion]:
+        seeds = per_prompt_seeds(len(prompts), seed, seeds)
+        sampling = params.temperature > 0
+        if sampling and seeds is not None:
+            runs = [[(i, params.n)] for i in range(len(prompts))]  # one seeded run per prompt
+        else:
+            runs = [[(i, params.n) for i in range(len(prompts))]]
         out: list[Completion] = []
         with self.evaluation_mode():
-            for start in range(0, len(jobs), self.batch_size):
-                chunk = jobs[start : start + self.batch_size]
-                out.extend(self._generate_chunk([prompts[i] for i in chunk], chunk, params))
+            for run in runs:
+                if sampling and seeds is not None:
+                    torch.manual_seed(seeds[run[0][0]])
+                jobs = [i for i, n in run for _ in range(n)]
+                for start in range(0, len(jobs), self.batch_size):
+                    chunk = jobs[start : start + self.batch_size]
+                    out.extend(self._generate_chunk([prompts[i] for i in chunk], chunk, params))
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], prompt_index: list[int], params: SamplingParams) -> list[Completion]:

@@ -22,16 +22,22 @@ def _jsonable(value: Any) -> Any:
 class MetricsLogger:
     """Appends one JSON object per line; a resumed run first drops the lines after its checkpoint."""
 
-    def __init__(self, run_dir: Path, *, truncate_after: int = 0, accelerator=None):
+    def __init__(self, run_dir: Path, *, truncate_after: int = 0, accelerator=None, write: bool = True):
+        """``write=False`` (every process of a run but rank 0): nothing is written."""
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self.accelerator = accelerator
+        self.write = write
+        if not write:
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.path, self.samples_path):
             _keep_lines_up_to(path, truncate_after)
 
     def log(self, metrics: dict[str, Any], kind: str = "train") -> None:
+        if not self.write:
+            return
         record = {"kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -40,11 +46,15 @@ class MetricsLogger:
             self.accelerator.log(numeric, step=metrics["step"])
 
     def write_samples(self, samples: list[dict[str, Any]]) -> None:
+        if not self.write:
+            return
         with self.samples_path.open("a") as f:
             for sample in samples:
                 f.write(json.dumps(sample) + "\n")
 
     def write_generations(self, step: int, records: list[dict[str, Any]]) -> None:
+        if not self.write:
+            return
         path = self.run_dir / "eval" / f"generations-step-{step:06d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
@@ -88,8 +98,11 @@ class StepProgress:
         log_every: int = 1,
         console: Console | None = None,
         method_keys: tuple[tuple[str, str], ...] = (),
+        enabled: bool = True,
     ):
-        """``method_keys``: the method's own (metric, label) pairs for the summary line."""
+        """``method_keys``: the method's own (metric, label) pairs for the summary line; ``enabled=False``
+        (every process of a run but rank 0) shows nothing."""
+        self.enabled = enabled
         self.console = console or Console(stderr=True, log_path=False)
         self.summary_keys = self.SUMMARY_KEYS[:-2] + tuple(method_keys) + self.SUMMARY_KEYS[-2:]
         self.log_every = max(log_every, 1)
@@ -101,6 +114,7 @@ class StepProgress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
+            disable=not enabled,
         )
         self.task = self.progress.add_task(f"train {method}", total=total_steps, completed=start_step, info="")
 
@@ -119,7 +133,7 @@ class StepProgress:
     def step_done(self, metrics: dict[str, Any]) -> None:
         step = metrics["step"]
         self.progress.update(self.task, advance=1, info=f"loss={metrics.get('loss', float('nan')):.3g}")
-        if step % self.log_every == 0:
+        if self.enabled and step % self.log_every == 0:
             self.progress.console.log(f"step {step} [{metrics.get('plan', '')}] {self.summary(metrics)}")
 
     def start_eval(self, total: int, step: int):
@@ -130,7 +144,8 @@ class StepProgress:
 
     def finish_eval(self, task, result) -> None:
         self.progress.update(task, info=f"accuracy={result.accuracy:.3f}")
-        self.progress.console.log(
-            f"eval: accuracy={result.accuracy:.3f} reward={result.mean_reward:.3f} "
-            f"length={result.mean_length:.1f} truncated={result.truncated:.2f} (n={result.num_examples})"
-        )
+        if self.enabled:
+            self.progress.console.log(
+                f"eval: accuracy={result.accuracy:.3f} reward={result.mean_reward:.3f} "
+                f"length={result.mean_length:.1f} truncated={result.truncated:.2f} (n={result.num_examples})"
+            )

@@ -1,0 +1,61 @@
+"""A step's sequences, named: the policy's rollouts and the demonstrations, before they become a batch.
+
+Both kinds enter training the same way, as completions of their prompt; ``StepSequence`` says which
+is which and ``assemble_batch`` joins each with its prompt into a ``RolloutBatch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybridrft.data import Example
+from hybridrft.rollout.batch import RolloutBatch, build_rollout_batch
+from hybridrft.rollout.sampler import Completion
+
+
+@dataclass(frozen=True)
+class StepSequence:
+    group: int  # index of its prompt within this process's prompts of the step
+    completion_ids: list[int]
+    text: str
+    is_demo: bool
+    truncated: bool  # a rollout that hit max_new_tokens without EOS (never a demonstration)
+
+
+def rollout_sequences(completions: list[Completion]) -> list[StepSequence]:
+    return [StepSequence(c.prompt_index, c.token_ids, c.text, False, c.truncated) for c in completions]
+
+
+def demonstration_sequences(
+    tokenizer, examples: list[Example], count: int, *, eos_id: int, max_tokens: int
+) -> tuple[list[StepSequence], int]:
+    """The first ``count`` demonstrations of each example (cycled if fewer), tokenized, cut at
+    ``max_tokens``, and ended with ``eos_id``, the token the sampler stops on, so the policy learns
+    to end a demonstration the way its own rollouts end (LUFFY's rollout code appends the EOS the
+    same way). Returns the sequences and how many were cut."""
+    sequences, truncated = [], 0
+    for group, example in enumerate(examples if count > 0 else []):
+        if not example.demonstrations:
+            raise ValueError(f"example {example.id} has no demonstration but the method trains on demonstrations")
+        for j in range(count):
+            text = example.demonstrations[j % len(example.demonstrations)]
+            tokens = tokenizer(text, add_special_tokens=False).input_ids + [eos_id]
+            if len(tokens) > max_tokens:
+                tokens, truncated = tokens[:max_tokens], truncated + 1
+            sequences.append(StepSequence(group, tokens, text, True, False))
+    return sequences, truncated
+
+
+def assemble_batch(
+    prompt_ids: list[list[int]], sequences: list[StepSequence], rewards: list[float], *, pad_id: int
+) -> RolloutBatch:
+    """One ``RolloutBatch`` of ``sequences`` (in order), each joined with its group's prompt."""
+    return build_rollout_batch(
+        [prompt_ids[s.group] for s in sequences],
+        [s.completion_ids for s in sequences],
+        is_demo=[s.is_demo for s in sequences],
+        group=[s.group for s in sequences],
+        reward=rewards,
+        truncated=[s.truncated for s in sequences],
+        pad_id=pad_id,
+    )
