@@ -13,6 +13,7 @@ from conftest import tiny_config
 from hybridrft.ops import clipped_surrogate
 from hybridrft.rollout import SamplingParams, build_rollout_batch, update_parts
 from hybridrft.train import Trainer, read_metrics
+from hybridrft.train.scoring import PolicyScorer
 from hybridrft.train.metrics import concatenate_columns, rollout_metrics, sequence_columns
 
 
@@ -40,7 +41,7 @@ def test_training_logprobs_are_the_samplers_at_its_temperature(shared_prompt_for
     # the same tokens scored at temperature 1 are not what the sampler drew them with
     trainer.config.rollout.temperature = 1.0
     with torch.no_grad():
-        untempered = trainer._forward(batch, trainer._scorer(trainer.policy)).logp[batch.loss_mask]
+        untempered = trainer._forward(batch, PolicyScorer.for_run(trainer.config, trainer.policy)).logp[batch.loss_mask]
     assert (untempered - sampled).abs().max() > 1e-3
 
 

@@ -77,3 +77,15 @@ class PromptStream:
             positions=positions,
             seeds=[prompt_seed(self.seed, step, p) for p in positions],
         )
+
+
+def check_process_shares(prompts_per_step: int, updates_per_batch: int, processes: int) -> None:
+    """Every process must hold an equal share of the global batch, and with several updates per
+    step, a share that splits into the same updates as on one process (see ``rollout.update_parts``)."""
+    if prompts_per_step % processes:
+        raise ValueError(f"train.prompts_per_step={prompts_per_step} must divide evenly among {processes} processes")
+    if processes > 1 and (prompts_per_step // processes) % updates_per_batch:
+        raise ValueError(
+            f"train.updates_per_batch={updates_per_batch} must divide each process's {prompts_per_step // processes} "
+            "prompts, so that every update holds the same prompts as on one process"
+        )

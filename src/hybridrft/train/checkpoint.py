@@ -276,6 +276,32 @@ def latest_complete_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def checkpoint_to_resume(root: Path, *, resume: bool, overwrite: bool, is_main: bool = True, wait=lambda: None) -> Path | None:
+    """The checkpoint a run continues from: None for a fresh run, else the newest complete one.
+
+    A folder that already holds checkpoints is refused unless the run resumes or overwrites. Rank 0
+    first removes the temporary folders a killed save left (``wait`` holds the others until it has).
+    """
+    existing = list_checkpoints(root)
+    if existing and not resume and not overwrite:
+        raise FileExistsError(
+            f"{root.parent} already holds a run ({existing[-1].name}); pass --resume to continue it, "
+            "train.overwrite=true to start over in it, or choose another train.output_dir"
+        )
+    if not resume:
+        return None
+    if is_main:
+        remove_partial_checkpoints(root)
+    wait()
+    found = latest_complete_checkpoint(root)  # damaged ones are skipped, with a warning
+    if found is None and existing:
+        problems = "; ".join(f"{p.name}: {', '.join(checkpoint_problems(p))}" for p in existing)
+        raise CheckpointError(f"no complete checkpoint in {root} to resume from ({problems})")
+    if found is None:
+        logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", root)
+    return found
+
+
 def safe_load(path: Path) -> Any:
     """``torch.load`` of tensors and plain values only; anything else is refused, never constructed."""
     try:

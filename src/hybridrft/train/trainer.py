@@ -27,7 +27,7 @@ import torch
 
 from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
-from hybridrft.data.stream import PromptStream
+from hybridrft.data.stream import PromptStream, check_process_shares
 from hybridrft.eval import EvalResult, evaluate
 from hybridrft.models import load_policy, load_tokenizer, load_training_policy, save_policy
 from hybridrft.models.kv_cache import allow_checkpointed_cache
@@ -39,8 +39,6 @@ from hybridrft.rollout import (
     assemble_batch,
     build_sampler,
     demonstration_sequences,
-    group_micro_batches,
-    length_sorted_micro_batches,
     prompt_set,
     rollout_sequences,
     update_parts,
@@ -59,7 +57,8 @@ from hybridrft.train.metrics import (
     sequence_columns,
 )
 from hybridrft.train.processes import Processes
-from hybridrft.train.scoring import PolicyScorer
+from hybridrft.train.optimization import build_optimizer, set_phase_learning_rate
+from hybridrft.train.scoring import PolicyScorer, batch_logprobs, entropy_sums, micro_batch_rows
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +100,6 @@ class Trainer:
         reward_fns: list[tuple[str, Callable, float]] | None = None,
     ):
         from accelerate import Accelerator
-        from transformers import get_scheduler
 
         self.config = config
         cfg = config.train
@@ -114,7 +112,10 @@ class Trainer:
         cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=cpu_processes, log_with=cfg.report_to or None, project_dir=str(self.output_dir))
         self.processes = Processes(self.accelerator)
-        resume_from = self._checkpoint_to_resume()
+        resume_from = ckpt.checkpoint_to_resume(
+            self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
+            is_main=self.processes.is_main, wait=self.processes.wait,
+        )
 
         # model, tokenizer, objective (a resumed run takes the weights of its checkpoint)
         self.tokenizer = tokenizer or load_tokenizer(config.model.name_or_path)
@@ -136,27 +137,17 @@ class Trainer:
         self.reward_fns = reward_fns or [
             (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
         ]
-        self._check_process_shares()
+        check_process_shares(cfg.prompts_per_step, cfg.updates_per_batch, self.processes.count)
 
-        # optimisation; the scheduler is stepped once per step by us (accelerate would step it once per process)
+        # optimisation
         model.train()
-        self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-            fused=True,  # one kernel per parameter: 0.17 s instead of 0.6 s per SmolLM2 step on 2 CPU cores
-        )
-        self.scheduler = get_scheduler(
-            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps
-        )
-        self.model, self.optimizer = self.accelerator.prepare(self._scorer(model), self.optimizer)
+        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        self.model, self.optimizer = self.accelerator.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
         for param in self.model.parameters():  # allocated once, together, before any activation
             if param.requires_grad:
                 param.grad = torch.zeros_like(param)
         if self.reference is not None:
-            self.reference = self._scorer(self.reference).to(self.accelerator.device)
+            self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
         self.sampler = build_sampler(
@@ -182,48 +173,10 @@ class Trainer:
             self.output_dir, truncate_after=self.step, accelerator=self.accelerator, write=self.processes.is_main
         )
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        cfg = self.config.train
-        existing = ckpt.list_checkpoints(self.checkpoint_dir)
-        if existing and not cfg.resume and not cfg.overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds a run ({existing[-1].name}); pass --resume to continue it, "
-                "train.overwrite=true to start over in it, or choose another train.output_dir"
-            )
-        if not cfg.resume:
-            return None
-        if self.processes.is_main:
-            ckpt.remove_partial_checkpoints(self.checkpoint_dir)  # left by a process killed while saving
-        self.processes.wait()
-        resume_from = ckpt.latest_complete_checkpoint(self.checkpoint_dir)  # damaged ones are skipped, with a warning
-        if resume_from is None and existing:
-            problems = "; ".join(f"{p.name}: {', '.join(ckpt.checkpoint_problems(p))}" for p in existing)
-            raise ckpt.CheckpointError(f"no complete checkpoint in {self.checkpoint_dir} to resume from ({problems})")
-        if resume_from is None:
-            logger.warning("train.resume is set but %s has no checkpoint; starting from step 0", self.checkpoint_dir)
-        return resume_from
-
-    def _check_process_shares(self) -> None:
-        cfg, count = self.config.train, self.processes.count
-        if cfg.prompts_per_step % count:
-            raise ValueError(f"train.prompts_per_step={cfg.prompts_per_step} must divide evenly among {count} processes")
-        if count > 1 and (cfg.prompts_per_step // count) % cfg.updates_per_batch:
-            raise ValueError(
-                f"train.updates_per_batch={cfg.updates_per_batch} must divide each process's "
-                f"{cfg.prompts_per_step // count} prompts, so that every update holds the same prompts as on one process"
-            )
-
     @property
     def policy(self):
         """The transformers model being trained (inside the scorer and whatever engine wraps it)."""
         return self.accelerator.unwrap_model(self.model).policy
-
-    def _scorer(self, model) -> PolicyScorer:
-        cfg, temperature = self.config.train, self.config.rollout.temperature
-        return PolicyScorer(
-            model, shared_prompt_forward=cfg.shared_prompt_forward, chunk_size=cfg.logprob_chunk_size,
-            temperature=temperature if temperature > 0 else 1.0,
-        )
 
     # ------------------------------------------------------------------ the step
 
@@ -235,7 +188,10 @@ class Trainer:
         with self.timer("step"):
             plan, batch, metrics = self.collect(step)
             with self.timer("train"):
-                self._set_learning_rate(plan)
+                set_phase_learning_rate(
+                    self.optimizer, self.scheduler, base=cfg.learning_rate,
+                    phase_rate=plan.learning_rate, reset=plan.reset_optimizer,
+                )
                 updates = cfg.updates_per_batch * cfg.epochs_per_batch
                 if updates > 1 and plan.kind != SFT:  # the behaviour policy of every later update's ratio
                     batch.old_logp = self._logprobs(batch, self.model)
@@ -322,8 +278,9 @@ class Trainer:
         totals = BatchTotals({name: self.processes.mask_totals(mask) for name, mask in batch.masks.items()})
         micro_batches = self._micro_batches(batch)
         entropy_masks = self.objective.entropy_means_needed(plan)
-        if entropy_masks:  # batch-granularity weights need the whole batch's entropy first
-            totals.entropy_mean = self._batch_entropy_means(batch, micro_batches, entropy_masks, totals)
+        if entropy_masks:  # batch-granularity weights need the global batch's mean entropy first
+            sums = self.processes.sum(entropy_sums(self.model, batch, micro_batches, entropy_masks, self.accelerator.device))
+            totals.entropy_mean = {name: s / max(totals[name].num_tokens, 1.0) for name, s in zip(entropy_masks, sums)}
 
         timer = StepTimer(self.accelerator.device)
         sums: dict[str, float] = {"loss": 0.0}
@@ -368,56 +325,18 @@ class Trainer:
             step, bad_update["loss"], bad_update["grad_norm"], ", ".join(self._step_example_ids),
         )
 
-    def _set_learning_rate(self, plan: StepPlan) -> None:
-        """The step's base learning rate (a method may set one per phase) under the schedule, and
-        the optimizer reset a phase switch asks for."""
-        if plan.reset_optimizer:
-            self.optimizer.state.clear()  # AdamW's moments start again, as in a new run
-            logger.info("optimizer state reset before step %d", self.step)
-        factors = getattr(self.scheduler, "lr_lambdas", None)  # every schedule of transformers' but one
-        if factors is None:
-            if plan.learning_rate is not None:
-                raise ValueError(f"train.lr_scheduler={self.config.train.lr_scheduler} cannot take a learning rate per phase")
-            return
-        base = plan.learning_rate or self.config.train.learning_rate
-        self.scheduler.base_lrs = [base] * len(self.scheduler.base_lrs)
-        for group, factor in zip(self.optimizer.param_groups, factors):
-            group["lr"] = base * factor(self.scheduler.last_epoch)
-
     # ------------------------------------------------------------------ forward passes
 
     def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
-        size = self.config.train.micro_batch_size
-        if self.config.train.shared_prompt_forward:
-            return group_micro_batches(batch.group, batch.sequence_lengths, size)
-        return length_sorted_micro_batches(batch.sequence_lengths, size)
+        return micro_batch_rows(batch, self.config.train.micro_batch_size, self.config.train.shared_prompt_forward)
 
     def _forward(self, micro: RolloutBatch, scorer=None) -> PolicyOutputs:
         """Log-probs and entropies of ``micro`` under the policy (through its engine) or ``scorer``."""
         scorer = self.model if scorer is None else scorer
-        logp, entropy = scorer(micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group)
-        return PolicyOutputs(logp=logp, entropy=entropy)
+        return PolicyOutputs(*scorer(micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group))
 
-    @torch.no_grad()
-    def _logprobs(self, batch: RolloutBatch, model) -> torch.Tensor:
-        """``[N, T]`` log-probs of every token of ``batch`` under ``model`` (old or reference policy)."""
-        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        for index in self._micro_batches(batch):
-            logp = self._forward(batch.select(index).to(self.accelerator.device), model).logp
-            out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])] = logp.float().cpu()
-        return out
-
-    @torch.no_grad()
-    def _batch_entropy_means(self, batch, micro_batches, names, totals) -> dict[str, float]:
-        """Global mean token entropy over the named masks (for batch-granularity weights)."""
-        sums = {name: 0.0 for name in names}
-        for index in micro_batches:
-            micro = batch.select(index).to(self.accelerator.device)
-            entropy = self._forward(micro).entropy
-            for name in names:
-                sums[name] += float((entropy * micro.masks[name]).sum())
-        global_sums = self.processes.sum([sums[name] for name in names])
-        return {name: s / max(totals[name].num_tokens, 1.0) for name, s in zip(names, global_sums)}
+    def _logprobs(self, batch: RolloutBatch, scorer) -> torch.Tensor:
+        return batch_logprobs(scorer, batch, self._micro_batches(batch), self.accelerator.device)
 
     def _clip_gradients(self) -> float:
         """The global pre-clip gradient norm (every process holds the same all-reduced gradients
