@@ -165,11 +165,6 @@ def test_adapter_save_writes_only_the_adapter(lora_run, tmp_path):
     torch.testing.assert_close(_logits(loaded, ids), _logits(trainer.policy, ids), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the trainer's final save does not pass merge=config.model.lora.save == 'merged' yet",
-)
 def test_trainer_final_model_follows_lora_save(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run", "method=sft", "train.max_steps=1", "eval.at_start=false",
                          "model.lora.save=adapter", *LORA)

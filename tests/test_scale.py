@@ -150,3 +150,41 @@ def test_a_prompts_rollouts_do_not_depend_on_its_company(tiny_model_dir, tiny_to
     assert texts(together)[3:] == texts(alone) == texts(swapped)[:3]
     assert texts(together)[:3] == texts(swapped)[3:]
     assert len({tuple(ids) for ids in texts(together)}) > 1  # and they are samples, not one greedy path
+
+
+FSDP2_CPU = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp2_cpu.yaml"
+
+
+def _launch_fsdp2(recipe: Path, *args: str) -> None:
+    """``accelerate launch --config_file recipes/accelerate/fsdp2_cpu.yaml`` (2 processes, gloo)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CPU),
+        "--main_process_port", str(_free_port()), "-m", "hybridrft", "train", str(recipe), *args,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_fsdp2_computes_the_one_process_run_saves_full_models_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    one, sharded, resumed = tmp_path / "one", tmp_path / "sharded", tmp_path / "resumed"
+    _one_process(_recipe(tmp_path, tiny_model_dir, one, "srft"))
+    _launch_fsdp2(_recipe(tmp_path, tiny_model_dir, sharded, "srft"))
+    _assert_same_run(one, sharded)  # sampling under sharding included: the same rollouts
+
+    # every checkpoint: a full save_pretrained model that transformers loads, the optimizer in shards
+    for checkpoint in sorted((sharded / "checkpoints").glob("step-*")):
+        loaded = AutoModelForCausalLM.from_pretrained(checkpoint / "model")
+        assert sum(p.numel() for p in loaded.parameters()) > 0
+        assert len(list((checkpoint / "optimizer").glob("*.distcp"))) == 2 and not (checkpoint / "optimizer.pt").exists()
+
+    # stopped after step 2 and resumed under FSDP2: exactly the straight sharded run
+    recipe = _recipe(tmp_path, tiny_model_dir, resumed, "srft")
+    _launch_fsdp2(recipe, "train.max_steps=2")
+    _launch_fsdp2(recipe, "--resume")
+    straight, again = (load_file(out / "final_model" / "model.safetensors") for out in (sharded, resumed))
+    assert all(torch.equal(straight[name], again[name]) for name in straight)
+    assert _rows(resumed, "train") == _rows(sharded, "train")

@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN`` holding
 - ``model/``: a ``save_pretrained`` folder (weights and tokenizer) that transformers and vLLM load;
   for a LoRA policy (a PEFT model) the adapter only (``adapter_config.json``,
   ``adapter_model.safetensors``) and the tokenizer, the frozen base coming from the run's model;
-- ``optimizer.pt``, ``scheduler.pt``: optimizer and LR-scheduler state;
+- ``optimizer.pt``, ``scheduler.pt``: optimizer and LR-scheduler state (under FSDP2 the optimizer
+  state is a folder ``optimizer/`` of per-process shards written with torch.distributed.checkpoint);
 - ``trainer_state.pt``: step, data cursor, the objective's state (e.g. SASR's gradient norms and
   generator) and every RNG state (Python, NumPy, torch CPU and CUDA);
 - ``manifest.json``, written last: every other file's name, size and SHA-256.
@@ -147,6 +148,12 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def new_checkpoint_folder(root: Path, step: int) -> Path:
+    """The temporary folder a checkpoint is written into (renamed into place when complete)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{step:06d}-", dir=root))
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -157,21 +164,34 @@ def save_checkpoint(
     scheduler,
     trainer_state: dict[str, Any],
     keep: int = 2,
+    model_state: dict[str, Any] | None = None,
+    folder: Path | None = None,
 ) -> Path:
     """Write ``root/step-{step}`` atomically and durably and keep only the newest ``keep`` checkpoints.
+
+    ``model_state``: the full weights when ``model``'s own are sharded (gathered by the caller).
+    ``folder``: a temporary folder from ``new_checkpoint_folder`` that already holds the optimizer's
+    shards in ``optimizer/`` (then ``optimizer`` is None).
 
     A write that fails (``ENOSPC``: a full disk) removes its temporary folder, leaves every earlier
     checkpoint as it was, and raises ``CheckpointWriteError`` naming the folder and the space needed.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{step:06d}-", dir=root))
+    tmp = folder or new_checkpoint_folder(root, step)
     try:
-        save_policy(model, tokenizer, tmp / "model", merge=False)  # a LoRA policy: its adapter only
+        if model_state is not None:
+            model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+        else:
+            save_policy(model, tokenizer, tmp / "model", merge=False)  # a LoRA policy: its adapter only
         for f in (tmp / "model").iterdir():
             fsync_path(f)
         pause_point("checkpoint_write", step)
-        write_durably(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+        if optimizer is not None:
+            write_durably(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+        for shard in sorted((tmp / "optimizer").glob("*")) if optimizer is None else []:
+            fsync_path(shard)
         write_durably(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
         write_durably(tmp / "trainer_state.pt", _torch_bytes({**trainer_state, "rng": rng_states()}))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -181,6 +201,8 @@ def save_checkpoint(
         }
         write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         fsync_path(tmp / "model")
+        if (tmp / "optimizer").is_dir():
+            fsync_path(tmp / "optimizer")
         fsync_path(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -252,7 +274,12 @@ def checkpoint_problems(path: Path) -> list[str]:
         listed = manifest["files"]
     except (ValueError, KeyError, TypeError) as error:
         return [f"{MANIFEST} is not readable: {error}"]
-    problems = [f"{MANIFEST} does not list {name}" for name in STATE_FILES if name not in listed]
+    sharded_optimizer = any(name.startswith("optimizer/") for name in listed)
+    problems = [
+        f"{MANIFEST} does not list {name}"
+        for name in STATE_FILES
+        if name not in listed and not (name == "optimizer.pt" and sharded_optimizer)
+    ]
     if not any(name in listed for name in MODEL_CONFIGS):  # a full model, or a LoRA adapter
         problems.append(f"{MANIFEST} lists neither {' nor '.join(MODEL_CONFIGS)}")
     for name, expected in listed.items():
@@ -314,14 +341,20 @@ def safe_load(path: Path) -> Any:
         ) from None
 
 
-def load_training_state(path: Path, *, optimizer, scheduler) -> dict[str, Any]:
+def load_training_state(path: Path, *, optimizer, scheduler, load_sharded_optimizer=None) -> dict[str, Any]:
     """Restore optimizer and scheduler in place; return the trainer state (RNGs already restored).
 
     The model weights are loaded by the caller from ``path / "model"``. The caller has checked the
-    manifest (``latest_complete_checkpoint``).
+    manifest (``latest_complete_checkpoint``). An optimizer saved in shards is restored by
+    ``load_sharded_optimizer(folder)`` (every process reads its own shard).
     """
-    optimizer_state, scheduler_state, state = (safe_load(path / name) for name in STATE_FILES)
-    optimizer.load_state_dict(optimizer_state)
+    if (path / "optimizer").is_dir():
+        if load_sharded_optimizer is None:
+            raise CheckpointError(f"{path} holds a sharded (FSDP2) optimizer state; resume it under FSDP2")
+        load_sharded_optimizer(path / "optimizer")
+    else:
+        optimizer.load_state_dict(safe_load(path / "optimizer.pt"))
+    scheduler_state, state = (safe_load(path / name) for name in STATE_FILES[1:])
     scheduler.load_state_dict(scheduler_state)
     restore_rng_states(state.pop("rng"))
     return state

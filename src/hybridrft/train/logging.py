@@ -137,9 +137,12 @@ class StepProgress:
             self.progress.console.log(f"step {step} [{metrics.get('plan', '')}] {self.summary(metrics)}")
 
     def start_eval(self, total: int, step: int):
+        self.eval_left = total
         return self.progress.add_task(f"eval @ step {step}", total=total, info="")
 
     def advance_eval(self, task, count: int) -> None:
+        count = min(count, self.eval_left)  # processes' shares differ by one at most; rank 0 reports for all
+        self.eval_left -= count
         self.progress.update(task, advance=count)
 
     def finish_eval(self, task, result) -> None:

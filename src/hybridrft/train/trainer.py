@@ -15,9 +15,7 @@ process would. Rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import logging
-import os
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +54,7 @@ from hybridrft.train.metrics import (
     rollout_metrics,
     sequence_columns,
 )
+from hybridrft.train.engines import Engine, build_accelerator
 from hybridrft.train.processes import Processes
 from hybridrft.train.optimization import build_optimizer, set_phase_learning_rate
 from hybridrft.train.scoring import PolicyScorer, batch_logprobs, entropy_sums, micro_batch_rows
@@ -99,8 +98,6 @@ class Trainer:
         eval_examples: list[Example] | None = None,
         reward_fns: list[tuple[str, Callable, float]] | None = None,
     ):
-        from accelerate import Accelerator
-
         self.config = config
         cfg = config.train
         if cfg.num_threads:
@@ -108,9 +105,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        # processes launched on a machine without GPUs (accelerate launch --multi_gpu, torchrun) talk over gloo
-        cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=cpu_processes, log_with=cfg.report_to or None, project_dir=str(self.output_dir))
+        self.accelerator = build_accelerator(log_with=cfg.report_to or None, project_dir=str(self.output_dir))
+        self.engine = Engine(self.accelerator)  # DDP or FSDP2 under accelerate launch
         self.processes = Processes(self.accelerator)
         resume_from = ckpt.checkpoint_to_resume(
             self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
@@ -163,7 +159,10 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
         self.bad_steps_in_a_row = 0
         if resume_from:
-            state = ckpt.load_training_state(resume_from, optimizer=self.optimizer, scheduler=self.scheduler)
+            state = ckpt.load_training_state(
+                resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
+                load_sharded_optimizer=lambda folder: self.engine.load_sharded_optimizer(self.model, self.optimizer, folder),
+            )
             self.step, self.prompts.cursor = state["step"], state["data_cursor"]
             self.skipped_steps = state.get("skipped_steps", 0)
             self.bad_steps_in_a_row = state.get("bad_steps_in_a_row", 0)
@@ -227,7 +226,8 @@ class Trainer:
         self._step_example_ids = [example.id for example in examples]
 
         params = SamplingParams(plan.rollouts_per_prompt, rollout.temperature, rollout.top_p, rollout.max_new_tokens)
-        with self.timer("generate"):  # each prompt with its own seed: the same rollouts on any process count
+        # each prompt with its own seed: the same rollouts on any process count
+        with self.timer("generate"), self.engine.whole_parameters(self.model):
             completions = self.sampler.generate(prompts, params, seeds=share.seeds) if params.n > 0 else []
         ckpt.pause_point("sampling", step)  # test-only: a reliability test kills the process here
         demos, demo_truncated = demonstration_sequences(
@@ -287,7 +287,7 @@ class Trainer:
         for k, index in enumerate(micro_batches):
             micro = batch.select(index).to(self.accelerator.device)
             # gradients are all-reduced once per update, on the last micro-batch
-            with nullcontext() if k == len(micro_batches) - 1 else self.accelerator.no_sync(self.model):
+            with self.engine.accumulating(self.model, last=k == len(micro_batches) - 1):
                 with timer("forward"):
                     loss, term_metrics = self.objective.step_loss(micro, self._forward(micro), totals, plan)
                     sums["loss"] += float(loss.detach())  # also waits for an accelerator: the split is honest
@@ -308,7 +308,7 @@ class Trainer:
         weights and the optimizer's state stay as they were."""
         timer = StepTimer(self.accelerator.device)
         with timer("optimizer"):
-            grad_norm = self._clip_gradients()
+            grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
             if not skipped:
                 self.optimizer.step()
@@ -338,16 +338,6 @@ class Trainer:
     def _logprobs(self, batch: RolloutBatch, scorer) -> torch.Tensor:
         return batch_logprobs(scorer, batch, self._micro_batches(batch), self.accelerator.device)
 
-    def _clip_gradients(self) -> float:
-        """The global pre-clip gradient norm (every process holds the same all-reduced gradients
-        under DDP; under FSDP each holds a shard and accelerate reduces the shards' norms)."""
-        max_norm = self.config.train.max_grad_norm or float("inf")
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            return 0.0
-        norm = self.accelerator.clip_grad_norm_(params, max_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
     def _gathered(self, metrics: dict[str, float]) -> dict[str, list[float]]:
         per_process = self.processes.gather(metrics)
         return {name: [m[name] for m in per_process if name in m] for name in metrics}
@@ -356,9 +346,15 @@ class Trainer:
 
     def evaluate(self, on_batch: Callable[[int], None] | None = None) -> EvalResult:
         """Greedy accuracy on the held-out prompts, each process taking every N-th one, gathered."""
-        cfg, rank, count = self.config, self.processes.rank, self.processes.count
-        mine = list(range(rank, len(self.eval_set), count))
-        result = evaluate(
+        mine = list(range(self.processes.rank, len(self.eval_set), self.processes.count))
+        with self.engine.whole_parameters(self.model):
+            result = self._evaluate_share(mine, on_batch)
+        indexed = sorted(pair for share in self.processes.gather(list(zip(mine, result.records))) for pair in share)
+        return EvalResult.from_records([record for _, record in indexed])
+
+    def _evaluate_share(self, mine: list[int], on_batch) -> EvalResult:
+        cfg, count = self.config, self.processes.count
+        return evaluate(
             self.sampler,
             [self.eval_set.examples[i] for i in mine],
             [self.eval_set.prompt_ids[i] for i in mine],
@@ -368,8 +364,6 @@ class Trainer:
             correct_threshold=cfg.reward.correct_threshold,
             on_batch=None if on_batch is None else (lambda k: on_batch(k * count)),
         )
-        indexed = sorted(pair for share in self.processes.gather(list(zip(mine, result.records))) for pair in share)
-        return EvalResult.from_records([record for _, record in indexed])
 
     def _run_eval(self, progress: StepProgress) -> None:
         if not len(self.eval_set):
@@ -382,15 +376,21 @@ class Trainer:
         self.metrics.write_generations(self.step, result.records)
 
     def save(self) -> Path:
-        """A checkpoint of the step, written by rank 0 (under DDP every process holds the same state)."""
-        final = self.checkpoint_dir / f"step-{self.step:06d}"
-        if self.processes.is_main:
+        """A checkpoint of the step. Rank 0 writes it; under FSDP2 every process first helps gather the
+        full weights and writes its own shard of the optimizer state into rank 0's temporary folder."""
+        main, final = self.processes.is_main, self.checkpoint_dir / f"step-{self.step:06d}"
+        model_state = self.engine.full_state_dict(self.model)
+        folder = None
+        if self.engine.shards_optimizer:
+            folder = Path(self.processes.gather(str(ckpt.new_checkpoint_folder(self.checkpoint_dir, self.step)) if main else "")[0])
+            self.engine.save_sharded_optimizer(self.model, self.optimizer, folder / "optimizer")
+        if main:
             final = ckpt.save_checkpoint(
                 self.checkpoint_dir,
                 self.step,
                 model=self.policy,
                 tokenizer=self.tokenizer,
-                optimizer=self.optimizer,
+                optimizer=None if folder else self.optimizer,
                 scheduler=self.scheduler,
                 trainer_state={
                     "step": self.step,
@@ -400,9 +400,21 @@ class Trainer:
                     "objective": self.objective.state_dict(),
                 },
                 keep=self.config.train.keep_checkpoints,
+                model_state=model_state,
+                folder=folder,
             )
         self.processes.wait()
         return final
+
+    def save_final_model(self, path: Path) -> None:
+        """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone)."""
+        model_state = self.engine.full_state_dict(self.model)  # every process, under FSDP2
+        if self.processes.is_main and model_state is not None:
+            self.policy.save_pretrained(path, state_dict=model_state, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        elif self.processes.is_main:
+            save_policy(self.policy, self.tokenizer, path, merge=self.config.model.lora.save == "merged")
+        self.processes.wait()
 
     def train(self, stop_at: int | None = None) -> TrainResult:
         """Run to ``train.max_steps`` (or stop early after step ``stop_at``, checkpointed, resumable)."""
@@ -444,9 +456,7 @@ class Trainer:
         final = None
         if self.step == cfg.max_steps:
             final = self.output_dir / "final_model"
-            if main:
-                save_policy(self.policy, self.tokenizer, final)
-            self.processes.wait()
+            self.save_final_model(final)
         if cfg.report_to:
             self.accelerator.end_training()
         return TrainResult(self.output_dir, self.step, dict(self.evals), final, main)
