@@ -23,11 +23,13 @@ from hybridrft.train import Trainer, read_metrics
 NOT_COMPARED = ("time/", "throughput/")
 
 
-def _recipe(tmp_path: Path, model_dir: Path, out: Path, method: str, srft: dict | None = None, **train) -> Path:
+def _recipe(
+    tmp_path: Path, model_dir: Path, out: Path, method: str, srft: dict | None = None, lora: dict | None = None, **train
+) -> Path:
     recipe = {
         "method": method,
         "srft": srft or {},
-        "model": {"name_or_path": str(model_dir)},
+        "model": {"name_or_path": str(model_dir), "lora": lora or {}},
         "data": {"builtin_size": 24},
         "rollout": {"max_new_tokens": 6},
         "group": {"num_generations": 3},
@@ -98,15 +100,16 @@ def _assert_same_run(one: Path, two: Path, kind: str | None = None) -> None:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("method", ["grpo", "srft", "srft-batch-entropy", "sasr", "hpt"])
+@pytest.mark.parametrize("method", ["grpo", "srft", "srft-batch-entropy", "sasr", "hpt", "grpo-lora"])
 def test_two_processes_compute_the_one_process_step(method, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # conftest:brevity, in this process too
     # batch-granularity entropy weights: a mean over both processes' tokens
     srft = {"entropy_granularity": "batch"} if method == "srft-batch-entropy" else {}
+    lora = {"rank": 4, "alpha": 8.0} if method == "grpo-lora" else {}
     method = method.split("-")[0]
     one, two = tmp_path / "one", tmp_path / "two"
-    _one_process(_recipe(tmp_path, tiny_model_dir, one, method, srft))
-    _launch(_recipe(tmp_path, tiny_model_dir, two, method, srft), 2)
+    _one_process(_recipe(tmp_path, tiny_model_dir, one, method, srft, lora))
+    _launch(_recipe(tmp_path, tiny_model_dir, two, method, srft, lora), 2)
     _assert_same_run(one, two)
     if method == "sasr":  # SASR's choices: warm-up SFT, then its draws, the same on both
         plans = [r["plan"] for r in read_metrics(two / "metrics.jsonl")]
@@ -188,3 +191,17 @@ def test_fsdp2_computes_the_one_process_run_saves_full_models_and_resumes_exactl
     straight, again = (load_file(out / "final_model" / "model.safetensors") for out in (sharded, resumed))
     assert all(torch.equal(straight[name], again[name]) for name in straight)
     assert _rows(resumed, "train") == _rows(sharded, "train")
+
+
+def test_fsdp2_with_lora_checkpoints_the_adapter_and_saves_the_one_process_merged_model(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    lora = {"rank": 4, "alpha": 8.0}
+    _one_process(_recipe(tmp_path, tiny_model_dir, one, "grpo", lora=lora, max_steps=2))
+    _launch_fsdp2(_recipe(tmp_path, tiny_model_dir, sharded, "grpo", lora=lora, max_steps=2))
+    names = {p.name for p in (sharded / "checkpoints" / "step-000002" / "model").iterdir()}
+    assert "adapter_model.safetensors" in names and "model.safetensors" not in names
+    w1, w2 = (load_file(out / "final_model" / "model.safetensors") for out in (one, sharded))
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)

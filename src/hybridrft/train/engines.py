@@ -1,4 +1,5 @@
-"""The distributed engine under the trainer, as accelerate runs it: one process, DDP, or FSDP2.
+"""The distributed engine under the trainer, as accelerate runs it: one process, DDP, FSDP2, or
+DeepSpeed ZeRO-2/3 (the ``deepspeed`` extra).
 
 The trainer asks the same things of each: prepare the policy scorer and the optimizer, accumulate
 gradients over micro-batches and synchronise them once per update, give the global gradient norm,
@@ -8,6 +9,12 @@ under FSDP2) for a checkpoint. What differs between engines is answered here, an
 Processes on a machine without GPUs run on CPU and talk over gloo. accelerate turns FSDP on only
 for GPU back-ends, so an FSDP launch on CPU (``recipes/accelerate/fsdp2_cpu.yaml``, which the
 tests use) is switched to FSDP here, with the plugin accelerate read from the launch settings.
+
+Under DeepSpeed the optimizer step runs inside ``accelerator.backward`` of an update's last
+micro-batch, clipped by DeepSpeed's ``gradient_clipping`` (set here from ``train.max_grad_norm``):
+an update with a non-finite loss or gradient is applied before the trainer sees it, so it cannot be
+withheld (``Engine.can_skip_updates``). On CPU (``recipes/accelerate/zero{2,3}_cpu.yaml``, which
+``tests/test_deepspeed.py`` uses) DeepSpeed runs with ``DS_ACCELERATOR=cpu`` over gloo.
 """
 
 from __future__ import annotations
@@ -19,13 +26,16 @@ from pathlib import Path
 import torch
 
 
-def build_accelerator(*, log_with, project_dir: str):
-    """The run's ``Accelerator``: on CPU when several processes run without GPUs; FSDP when launched for it."""
+def build_accelerator(*, log_with, project_dir: str, max_grad_norm: float | None = None):
+    """The run's ``Accelerator``: on CPU when several processes run without GPUs; FSDP or DeepSpeed
+    when launched for it."""
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
 
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return _deepspeed_accelerator(log_with=log_with, project_dir=project_dir, max_grad_norm=max_grad_norm)
     accelerator = Accelerator(cpu=cpu_processes, log_with=log_with, project_dir=project_dir)
     fsdp_launch = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if fsdp_launch and accelerator.distributed_type == DistributedType.MULTI_CPU:
@@ -33,6 +43,26 @@ def build_accelerator(*, log_with, project_dir: str):
         PartialState().distributed_type = DistributedType.FSDP  # the accelerator state copies the partial state's
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
+    return accelerator
+
+
+def _deepspeed_accelerator(*, log_with, project_dir: str, max_grad_norm: float | None):
+    """An ``Accelerator`` launched with a DeepSpeed config. Without GPUs DeepSpeed runs on CPU over
+    gloo (without an explicit gloo process group accelerate sees one process on every rank). No
+    DataLoader is prepared, so the micro-batch size DeepSpeed insists on is set by hand (the trainer
+    splits batches itself: it only enters DeepSpeed's bookkeeping); clipping is DeepSpeed's, so it
+    takes the run's ``train.max_grad_norm`` (0 turns it off)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(log_with=log_with, project_dir=project_dir, kwargs_handlers=handlers)
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = 1
+    config["gradient_clipping"] = float(max_grad_norm or 0.0)
     return accelerator
 
 
@@ -50,20 +80,45 @@ def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def zero_stage(accelerator) -> int:
+    """DeepSpeed's ZeRO stage, 0 when the run is not under DeepSpeed."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
 class Engine:
     def __init__(self, accelerator):
         self.accelerator = accelerator
         self.fsdp2 = is_fsdp2(accelerator)
-        self.shards_optimizer = self.fsdp2
+        self.zero_stage = zero_stage(accelerator)
+        self.deepspeed = self.zero_stage > 0
+        self.zero3 = self.zero_stage == 3
+        self.shards_optimizer = self.fsdp2 or self.deepspeed
+        # DeepSpeed steps inside the backward of an update's last micro-batch, before any check
+        self.can_skip_updates = not self.deepspeed
+        # DeepSpeed keeps gradients in its own buffers (a ZeRO-3 parameter is empty between forwards)
+        self.preallocates_gradients = not self.deepspeed
 
     def accumulating(self, model, last: bool):
-        """Gradients of every micro-batch but the update's last stay local (one all-reduce per update)."""
+        """Gradients of every micro-batch but the update's last stay local (one all-reduce per update).
+        Under DeepSpeed ``no_sync`` does nothing and ``accelerator.backward`` steps whenever gradients
+        are synchronised, so the update's last micro-batch is marked as its boundary instead."""
+        if self.deepspeed:
+            self.accelerator.gradient_state._set_sync_gradients(last)
+            return nullcontext()
         return nullcontext() if last else self.accelerator.no_sync(model)
 
     def clip_gradients(self, model, max_norm: float | None) -> float:
         """The global pre-clip gradient norm, after clipping to ``max_norm``. Under DDP every process
         holds the all-reduced gradient; under FSDP2 each holds a shard and the norm is reduced (a
-        replicated DTensor, made a float here)."""
+        replicated DTensor, made a float here). DeepSpeed has clipped (``gradient_clipping``) and
+        stepped already; the norm is the one it computed (``p.grad`` is None under ZeRO)."""
+        if self.deepspeed:
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm or float("inf"))
+            return float("nan") if norm is None else float(norm)
         params = [p for p in model.parameters() if p.grad is not None]
         if not params:
             return 0.0
@@ -74,7 +129,14 @@ class Engine:
     def whole_parameters(self, model):
         """The policy with whole parameters for sampling. Under FSDP2 every unit is gathered once and
         kept so (no collective per decode step, and processes may decode different lengths), then
-        resharded."""
+        resharded. Under ZeRO-3 all parameters are gathered and DeepSpeed's hooks taken off the
+        module for the same reason (its ``unwrap_model_for_generation``), then put back."""
+        if self.zero3:
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(model):
+                yield
+            return
         if not self.fsdp2:
             yield
             return
@@ -94,8 +156,9 @@ class Engine:
     def full_state_dict(self, model, prefix: str = "policy.") -> dict[str, torch.Tensor] | None:
         """The full model's weights on rank 0 (None elsewhere; under FSDP2 every process must call
         this, since it gathers), with ``prefix`` (the scorer's attribute) removed; None when the
-        unwrapped model's own state is whole (one process, DDP)."""
-        if not self.fsdp2:
+        unwrapped model's own state is whole (one process, DDP, ZeRO-2). ZeRO-3 gathers it with
+        ``zero3_save_16bit_model: true`` in the accelerate config (full precision under ``mixed_precision: no``)."""
+        if not (self.fsdp2 or self.zero3):
             return None
         state = self.accelerator.get_state_dict(model)
         if not self.accelerator.is_main_process:
@@ -103,15 +166,46 @@ class Engine:
         # a tied weight (input and output embeddings) is saved once, under its first name, as
         # save_pretrained does; gathered copies no longer share storage for it to notice
         seen: set[int] = set()
-        repeated: set[str] = set()
+        self.tied_names = set()
         for name, param in self.accelerator.unwrap_model(model).named_parameters(remove_duplicate=False):
             if id(param) in seen:
-                repeated.add(name)
+                self.tied_names.add(name.removeprefix(prefix))
             seen.add(id(param))
-        return {name.removeprefix(prefix): tensor for name, tensor in state.items() if name not in repeated}
+        return {
+            name.removeprefix(prefix): tensor for name, tensor in state.items() if name.removeprefix(prefix) not in self.tied_names
+        }
+
+    @contextmanager
+    def plain_model_loading(self):
+        """Models loaded inside are whole, ordinary modules (a frozen reference model). Once a ZeRO-3
+        accelerator exists transformers' ``from_pretrained`` would build a partitioned one."""
+        if not self.zero3:
+            yield
+            return
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            self.accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
+    def finish(self) -> None:
+        """The end of training: DeepSpeed's engine is destroyed (hooks off, memory freed); a ZeRO-3
+        process on CPU otherwise aborts at exit. The prepared model cannot train after this."""
+        if self.deepspeed:
+            self.accelerator.free_memory()
 
     def save_sharded_optimizer(self, model, optimizer, folder: Path) -> None:
-        """Each process writes its shard of the optimizer state into ``folder`` (torch.distributed.checkpoint)."""
+        """Each process writes its shard of the optimizer state into ``folder`` (torch.distributed.checkpoint).
+        Under DeepSpeed the engine writes its own checkpoint there (ZeRO's optimizer partitions, one
+        file per process), every file fsynced as the checkpoint's other files are."""
+        if self.deepspeed:
+            model.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+            self.accelerator.wait_for_everyone()
+            for path in sorted(folder.rglob("*")) if self.accelerator.is_main_process else []:
+                _fsync(path)
+            return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -119,6 +213,11 @@ class Engine:
         dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(folder))
 
     def load_sharded_optimizer(self, model, optimizer, folder: Path) -> None:
+        """Each process reads its shard back (DeepSpeed: the engine's checkpoint, whose module weights
+        are the ones ``model/`` already gave)."""
+        if self.deepspeed:
+            model.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+            return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -127,6 +226,17 @@ class Engine:
         state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
         dcp.load(state, checkpoint_id=str(folder))
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+DEEPSPEED_TAG = "deepspeed"  # the engine's checkpoint: optimizer/deepspeed/ in a hybridrft checkpoint
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _create_optimizer_state(optimizer) -> None:

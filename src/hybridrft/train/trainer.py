@@ -105,7 +105,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.accelerator = build_accelerator(log_with=cfg.report_to or None, project_dir=str(self.output_dir))
+        self.accelerator = build_accelerator(
+            log_with=cfg.report_to or None, project_dir=str(self.output_dir), max_grad_norm=cfg.max_grad_norm
+        )
         self.engine = Engine(self.accelerator)  # DDP or FSDP2 under accelerate launch
         self.processes = Processes(self.accelerator)
         resume_from = ckpt.checkpoint_to_resume(
@@ -120,7 +122,8 @@ class Trainer:
         self.objective = build_objective(config)
         self.reference = None
         if self.objective.needs_reference:
-            self.reference = load_policy(config.model.name_or_path, dtype=config.model.dtype).eval().requires_grad_(False)
+            with self.engine.plain_model_loading():  # whole, not partitioned by ZeRO-3
+                self.reference = load_policy(config.model.name_or_path, dtype=config.model.dtype).eval().requires_grad_(False)
 
         # data and rewards
         if train_examples is None:
@@ -140,7 +143,7 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
         for param in self.model.parameters():  # allocated once, together, before any activation
-            if param.requires_grad:
+            if param.requires_grad and self.engine.preallocates_gradients:
                 param.grad = torch.zeros_like(param)
         if self.reference is not None:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
@@ -312,6 +315,11 @@ class Trainer:
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
             if not skipped:
                 self.optimizer.step()
+            elif not self.engine.can_skip_updates:
+                logger.warning(
+                    "non-finite loss (%s) or gradient norm (%s): DeepSpeed has already applied this update; "
+                    "the step is counted as skipped and the run stops after train.max_bad_steps such steps", loss, grad_norm,
+                )
             # zeroed in place, not freed: gradient buffers reallocated every step among the backward's
             # temporaries fragment the heap (about 60 MB more peak memory for SmolLM2 on CPU)
             self.optimizer.zero_grad(set_to_none=False)
@@ -409,11 +417,19 @@ class Trainer:
     def save_final_model(self, path: Path) -> None:
         """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone)."""
         model_state = self.engine.full_state_dict(self.model)  # every process, under FSDP2
-        if self.processes.is_main and model_state is not None:
+        merge = self.config.model.lora.save == "merged"
+        if self.processes.is_main and model_state is not None and self.config.model.lora.rank:
+            # sharded LoRA: rebuild base + adapters on CPU from the gathered weights, then save as usual
+            whole = load_training_policy(self.config.model)
+            missing, unexpected = whole.load_state_dict(model_state, strict=False)
+            if unexpected or any(name not in self.engine.tied_names for name in missing):
+                raise RuntimeError(f"gathered weights do not fit the model: missing {missing}, unexpected {unexpected}")
+            save_policy(whole, self.tokenizer, path, merge=merge)
+        elif self.processes.is_main and model_state is not None:
             self.policy.save_pretrained(path, state_dict=model_state, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
         elif self.processes.is_main:
-            save_policy(self.policy, self.tokenizer, path, merge=self.config.model.lora.save == "merged")
+            save_policy(self.policy, self.tokenizer, path, merge=merge)
         self.processes.wait()
 
     def train(self, stop_at: int | None = None) -> TrainResult:
@@ -457,6 +473,7 @@ class Trainer:
         if self.step == cfg.max_steps:
             final = self.output_dir / "final_model"
             self.save_final_model(final)
+        self.engine.finish()  # DeepSpeed: the engine is destroyed; the run cannot train further
         if cfg.report_to:
             self.accelerator.end_training()
         return TrainResult(self.output_dir, self.step, dict(self.evals), final, main)
