@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from conftest import tiny_config
 from hybridrft.cli.report_cmd import analyze_app, report_command
 from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example, render_prompt
+from hybridrft.eval import load_responses
 from hybridrft.models import load_tokenizer
-from hybridrft.report import default_output_dir, load_responses, load_runs, write_report
+from hybridrft.report import default_output_dir, load_runs, write_report
 from hybridrft.report.plots import panel_subplots
 from hybridrft.train import Trainer
 
@@ -282,3 +283,69 @@ def test_shift_of_a_model_against_itself_is_zero_on_a_prompt_completion_file(tin
             completion_ids.append(tokenizer.eos_token_id)
         assert record["token_ids"] == completion_ids
         np.testing.assert_allclose(record["p_base"], direct_probs(model, prompt_ids, completion_ids), atol=1e-5)
+
+
+def test_training_and_benchmark_evaluation_write_one_generation_record(runs, tiny_model_dir, tmp_path):
+    """A run's eval/generations-step-N.jsonl and `hybridrft eval`'s generations/NAME.jsonl hold the
+    same record (every key, prompt included); `analyze shift` reads both, and an old run's file
+    (reward/length, no prompt) too, with the prompts rebuilt from its config as before."""
+    import shutil
+
+    from hybridrft.cli.eval_cmd import evaluate_command
+    from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION as INSTRUCTION
+    from hybridrft.eval import CHOICE_INSTRUCTION, GenerationRecord, load_benchmark, parse_benchmarks, read_generation_records
+    from hybridrft.eval.records import RECORD_KEYS
+    from hybridrft.rollout import encode_prompts
+
+    run = runs["srft"]
+    trained = run / "eval" / "generations-step-000002.jsonl"
+    math_rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(2)]
+    mc_rows = [{"Question": f"Which is {i}?", "Correct Answer": str(i), "Incorrect Answer 1": "x",
+                "Incorrect Answer 2": "y", "Incorrect Answer 3": "z"} for i in range(2)]
+    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in math_rows))
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc_rows))
+    eval_app = typer.Typer(add_completion=False)
+    eval_app.command()(evaluate_command)
+    suites = [f"gsm8k={tmp_path / 'math.jsonl'}", f"gpqa={tmp_path / 'mc.jsonl'}"]
+    result = runner.invoke(eval_app, [str(tiny_model_dir), "--suite", suites[0], "--suite", suites[1],
+                                      "--max-new-tokens", "4", "--system-prompt", "Be brief.", "-o", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    evaluated = {name: tmp_path / "ev" / "generations" / f"{name}.jsonl" for name in ("gsm8k", "gpqa")}
+
+    for path in (trained, *evaluated.values()):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert lines and all(tuple(line) == RECORD_KEYS for line in lines), path
+        assert [r.to_json() for r in read_generation_records(path)] == lines
+    trained_records = read_generation_records(trained)
+    assert all(isinstance(r.prompt, str) and r.settings is None and r.sample == 0 for r in trained_records)
+    assert all(r.settings["system_prompt"] == "Be brief." for p in evaluated.values() for r in read_generation_records(p))
+
+    # analyze shift's reader gives each record the token ids its model saw
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    responses, _ = load_responses(trained, tokenizer)
+    assert [r.prompt_ids for r in responses] == [runs["eval_prompt_ids"][r.id] for r in responses]
+    for name, suite in zip(evaluated, suites):
+        benchmark = load_benchmark(parse_benchmarks([suite])[0])
+        instruction = CHOICE_INSTRUCTION if name == "gpqa" else INSTRUCTION
+        _, expected = encode_prompts(tokenizer, benchmark.examples, system_prompt="Be brief.",
+                                     answer_instruction=instruction, max_prompt_tokens=2048)
+        responses, _ = load_responses(evaluated[name], tokenizer)
+        assert [r.prompt_ids for r in responses] == expected, name
+    shift = invoke("analyze", "shift", tiny_model_dir, tiny_model_dir, "-r", evaluated["gsm8k"], "-o", tmp_path / "a")
+    assert shift.exit_code == 0, shift.output
+    assert json.loads((tmp_path / "a" / "shift.json").read_text())["responses"] == 2
+
+    # a run folder of an earlier version: training records with reward and length, and no prompt
+    old_run = tmp_path / "old-run"
+    (old_run / "eval").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(run / name, old_run / name)
+    old_keys = ("id", "answer", "completion", "score", "correct", "tokens", "truncated")
+    renamed = {"score": "reward", "tokens": "length"}
+    old = [{renamed.get(k, k): r.to_json()[k] for k in old_keys} for r in trained_records]
+    (old_run / "eval" / "generations-step-000002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    back = read_generation_records(old_run / "eval" / "generations-step-000002.jsonl")
+    assert [(r.score, r.tokens, r.prompt) for r in back] == [(r.score, r.tokens, None) for r in trained_records]
+    old_responses, _ = load_responses(old_run, tokenizer)
+    assert [r.prompt_ids for r in old_responses] == [runs["eval_prompt_ids"][r.id] for r in old_responses]
+    assert GenerationRecord.from_json(old[0]).correct == trained_records[0].correct

@@ -224,10 +224,10 @@ def test_samples_and_generations_are_readable(tiny_model_dir, tmp_path):
     for records in files.values():
         assert [(r["id"], r["answer"]) for r in records] == [(e.id, e.answer) for e in held_out]
         for record, example in zip(records, held_out):
-            assert record["reward"] == rescore(example.prompt, record["completion"], example.answer)
-            assert record["correct"] == (record["reward"] >= 1.0)
-            assert 0 < record["length"] <= 6  # eval.max_new_tokens=6
-            assert not record["truncated"] or record["length"] == 6
+            assert record["score"] == rescore(example.prompt, record["completion"], example.answer)
+            assert record["correct"] == (record["score"] >= 1.0)
+            assert 0 < record["tokens"] <= 6  # eval.max_new_tokens=6
+            assert not record["truncated"] or record["tokens"] == 6
     # the last file is the final policy's greedy evaluation, reproduced here exactly
     final = files["generations-step-000002.jsonl"]
     assert final == trainer.evaluate().records

@@ -1,11 +1,11 @@
 """``hybridrft eval``: evaluate a model on benchmarks (built-in suites or your own files).
 
-Thin: parsing, loading and messages live here; the work is in :mod:`hybridrft.eval`.
+Thin: the options are parsed and the messages printed here; the work is in :mod:`hybridrft.eval`
+(:mod:`hybridrft.eval.session`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -47,21 +47,6 @@ def _list_suites(value: bool) -> None:
             highlight=False,
         )
     raise typer.Exit(0)
-
-
-def _default_output(model: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").replace("/", "__")).strip("._") or "model"
-    return Path("evals") / slug
-
-
-def _pick_device(device: str, dtype: str) -> tuple[str, str]:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
 
 
 def evaluate_command(
@@ -166,77 +151,32 @@ def evaluate_command(
     setup_logging(verbose)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from hybridrft.data.loaders import FORMATS
-    from hybridrft.eval import (
-        BenchmarkError,
-        GenerationSettings,
-        ProgressHooks,
-        load_benchmark,
-        parse_benchmarks,
-        parse_pass_ks,
-        results_table,
-        run_benchmark,
-        write_results,
+    from hybridrft.eval import BenchmarkError, ProgressHooks, results_table
+    from hybridrft.eval.session import EvalOptions, generations_folder, load_model, plan_evaluation, run_evaluation
+    from hybridrft.models import ModelNotFoundError
+
+    options = EvalOptions(
+        model=model, suites=suite or [], data=data, format=format, fields=field or [], split=split, limit=limit,
+        samples=samples, temperature=temperature, top_p=top_p, pass_k=pass_k, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, seed=seed,
+        correct_threshold=correct_threshold, shuffle_options=shuffle_options, output=output, overwrite=overwrite,
+        dtype=dtype, device=device,
     )
-    from hybridrft.models import ModelNotFoundError, load_policy, load_tokenizer, model_in_folder
-    from hybridrft.models.loading import DTYPES
-    from hybridrft.rollout import build_sampler
-
-    if format not in FORMATS:
-        fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    if dtype != "auto" and dtype not in DTYPES:
-        fail(f"unknown --dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    if temperature is None:
-        temperature = 0.0 if samples == 1 else 0.6
-    if samples > 1 and temperature == 0:
-        fail(f"--samples {samples} with --temperature 0 would give {samples} identical greedy completions; "
-              "give a temperature > 0 (0.6 is usual)")
     try:
-        ks = parse_pass_ks(pass_k, samples)
-        specs = parse_benchmarks(suite or [], data=data, fields=field or [])
-        benchmarks = [
-            load_benchmark(spec, limit=limit, seed=seed, shuffle_options=shuffle_options, format=format, split=split)
-            for spec in specs
-        ]
-    except ValueError as error:  # BenchmarkError included: a bad --suite, --field, file or column
+        plan = plan_evaluation(options)
+    except ValueError as error:  # BenchmarkError included: a bad option, --suite, --field, file or column
         fail(str(error))
-
-    output = output if output is not None else _default_output(model)
-    device, dtype = _pick_device(device, dtype)
-    local = Path(model).expanduser()
-    found = model_in_folder(local) if local.is_dir() else None  # a run or checkpoint folder: its model
-    model_path = str(found) if found is not None else model
     try:
-        tokenizer = load_tokenizer(model_path)
-        policy = load_policy(model_path, dtype=dtype).eval()
+        loaded = load_model(model, device=device, dtype=dtype, batch_size=batch_size)
     except (ModelNotFoundError, OSError, ValueError) as error:
         fail(str(error))
-    if device != "cpu":
-        policy.to(device)
-    sampler = build_sampler("native", policy, tokenizer, batch_size=batch_size)
     console.print(
-        f"evaluating {model}" + (f" ({model_path})" if model_path != model else "")
-        + f" on {', '.join(b.name for b in benchmarks)}: {samples} sample(s) per problem, "
-        + ("greedy" if temperature == 0 else f"temperature {temperature}") + f"; output in {output}",
+        f"evaluating {model}" + (f" ({loaded.path})" if loaded.path != model else "")
+        + f" on {', '.join(b.name for b in plan.benchmarks)}: {samples} sample(s) per problem, "
+        + ("greedy" if plan.temperature == 0 else f"temperature {plan.temperature}") + f"; output in {plan.output}",
         highlight=False,
     )
 
-    run_settings = {
-        "samples": samples,
-        "temperature": temperature,
-        "top_p": top_p,
-        "pass_k": ks,
-        "seed": seed,
-        "shuffle_options": shuffle_options,
-        "system_prompt": system_prompt,
-        "max_new_tokens": max_new_tokens,
-        "max_prompt_tokens": max_prompt_tokens,
-        "batch_size": batch_size,
-        "limit": limit,
-        "dtype": dtype,
-        "device": device,
-    }
-    results = []
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=Console(stderr=True),
@@ -248,39 +188,18 @@ def evaluate_command(
             task["id"] = progress.add_task(name, total=total, completed=done)
 
         hooks = ProgressHooks(start=start, advance=lambda k: progress.advance(task["id"], k))
-        for benchmark in benchmarks:
-            settings = GenerationSettings(
-                model=model_path,  # resolved: a run folder's newest checkpoint changes as the run goes on
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens or benchmark.max_new_tokens or 1024,
-                seed=seed,
-                system_prompt=system_prompt,
-                shuffle_options=shuffle_options if benchmark.answer_type == "choice" else True,
+        try:
+            outcome = run_evaluation(plan, loaded, hooks)
+        except BenchmarkError as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"interrupted; the generations so far are in {generations_folder(plan)}; run the same command "
+                "again to resume"
             )
-            try:
-                results.append(
-                    run_benchmark(
-                        benchmark, sampler=sampler, tokenizer=tokenizer, output_dir=output, settings=settings,
-                        samples=samples, pass_ks=ks, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                        overwrite=overwrite, hooks=hooks, correct_threshold=correct_threshold,
-                    )
-                )
-            except BenchmarkError as error:
-                fail(str(error))
-            except KeyboardInterrupt:
-                progress.stop()
-                console.print(
-                    f"interrupted; the generations so far are in {output / 'generations'}; run the same command "
-                    "again to resume"
-                )
-                raise typer.Exit(130)
-            # after each benchmark, so an interrupted run still leaves the finished ones' results
-            json_path, md_path = write_results(
-                output, model=model, model_path=model_path, settings=run_settings, results=results
-            )
-    console.print(results_table(results, title=f"{model}: metrics in %"))
-    reused = sum(r.reused for r in results)
-    if reused:
-        console.print(f"resumed: {reused} generation(s) read back, {sum(r.generated_this_run for r in results)} new")
-    console.print(f"wrote {json_path}, {md_path} and {output / 'generations'}/", highlight=False)
+            raise typer.Exit(130)
+    console.print(results_table(outcome.results, title=f"{model}: metrics in %"))
+    if outcome.reused:
+        console.print(f"resumed: {outcome.reused} generation(s) read back, {outcome.generated} new")
+    console.print(f"wrote {outcome.results_json}, {outcome.results_md} and {generations_folder(plan)}/", highlight=False)

@@ -1,4 +1,5 @@
-"""``hybridrft report`` and ``hybridrft analyze``: thin Typer commands over ``hybridrft.report``.
+"""``hybridrft report`` and ``hybridrft analyze``: thin Typer commands over ``hybridrft.report`` (and,
+for the two-model scoring of ``analyze shift``, ``hybridrft.eval``).
 
 Registered in ``cli/main.py``::
 
@@ -54,8 +55,8 @@ def shift_command(
     tuned: str = typer.Argument(..., help="the tuned model, e.g. RUN/final_model or RUN/checkpoints/step-N/model"),
     responses: Path = typer.Option(
         ..., "--responses", "-r",
-        help="a run folder (its latest eval/generations-step-N.jsonl), such a file, or a JSONL with "
-        "'prompt' and 'completion' fields",
+        help="a run folder (its latest eval/generations-step-N.jsonl), such a file, a generations/NAME.jsonl "
+        "of hybridrft eval, or a JSONL with 'prompt' and 'completion' fields",
     ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o",
@@ -73,10 +74,11 @@ def shift_command(
 
     Writes shift-histogram.png (per-token probability changes, log-scale counts), shift-tokens.png
     (one response coloured by the change), shift.json and shift-tokens.jsonl."""
+    from hybridrft.eval import ResponsesError, token_shift, write_shift_data
+    from hybridrft.eval.shift import run_dir_of
     from hybridrft.models import ModelNotFoundError
     from hybridrft.models.loading import DTYPES
-    from hybridrft.report import ResponsesError, RunFolderError, token_shift, write_shift
-    from hybridrft.report.shift import run_dir_of
+    from hybridrft.report import RunFolderError, draw_shift
 
     setup_logging(verbose=False)
     if dtype not in DTYPES:
@@ -92,7 +94,8 @@ def shift_command(
     try:
         result = token_shift(base, tuned, responses, limit=limit, raw_prompts=raw_prompts, batch_size=batch_size,
                              device=device, dtype=dtype)
-        written = write_shift(result, output, example=example)
+        data = write_shift_data(result, output, example=example)
+        written = [*draw_shift(output), *data]
     except ModelNotFoundError as err:
         fail(str(err))
     except (ResponsesError, RunFolderError) as err:

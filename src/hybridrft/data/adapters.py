@@ -16,7 +16,8 @@ from hybridrft.data.example import Example
 FIELD_KEYS = ("prompt", "answer", "demonstration", "id")
 
 
-def _required_text(row: Mapping[str, Any], name: str) -> str:
+def required_text(row: Mapping[str, Any], name: str) -> str:
+    """The text in column ``name``; missing, null, blank or not text is an error naming the field."""
     if name not in row or row[name] is None:
         present = ", ".join(map(str, row)) or "nothing"
         raise ValueError(f"missing field {name!r} (row has: {present})")
@@ -28,7 +29,8 @@ def _required_text(row: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _row_id(row: Mapping[str, Any], id_field: str, default: str) -> str:
+def row_id(row: Mapping[str, Any], id_field: str, default: str) -> str:
+    """Column ``id_field`` as text, or ``default`` when it is missing, null or empty."""
     value = row.get(id_field)
     return default if value is None or value == "" else str(value)
 
@@ -40,8 +42,8 @@ def gsm8k_example(row: Mapping[str, Any], index: int) -> Example:
     something we want a policy to imitate) and ends with `The answer is \\boxed{x}.`, the same
     answer format as every other task, so one reward scores rollouts and demonstrations alike.
     """
-    question = _required_text(row, "question")
-    solution = _required_text(row, "answer")
+    question = required_text(row, "question")
+    solution = required_text(row, "answer")
     answer = gsm8k_final_answer(solution)
     if answer is None:
         raise ValueError("field 'answer' has no '#### <final answer>' line")
@@ -51,7 +53,7 @@ def gsm8k_example(row: Mapping[str, Any], index: int) -> Example:
     closing = f"The answer is \\boxed{{{answer}}}."
     demonstration = f"{steps}\n{closing}" if steps else closing
     return Example(
-        id=_row_id(row, "id", f"gsm8k-{index}"),
+        id=row_id(row, "id", f"gsm8k-{index}"),
         prompt=question,
         demonstrations=[demonstration],
         answer=answer,
@@ -60,14 +62,14 @@ def gsm8k_example(row: Mapping[str, Any], index: int) -> Example:
 
 def math_example(row: Mapping[str, Any], index: int) -> Example:
     """A MATH row (`problem`, `solution` with the answer in `\\boxed{}`, `level`, `type`)."""
-    problem = _required_text(row, "problem")
-    solution = _required_text(row, "solution")
+    problem = required_text(row, "problem")
+    solution = required_text(row, "solution")
     answer = last_boxed(solution)
     if answer is None:
         raise ValueError("field 'solution' has no non-empty, balanced \\boxed{} answer")
     meta = {key: row[key] for key in ("level", "type") if row.get(key) is not None}
     return Example(
-        id=_row_id(row, "id", f"math-{index}"),
+        id=row_id(row, "id", f"math-{index}"),
         prompt=problem,
         demonstrations=[solution],
         answer=answer,
@@ -196,7 +198,7 @@ def fields_example(row: Mapping[str, Any], index: int, fields: Mapping[str, str]
         raise ValueError(f"{reason} and no demonstration has a \\boxed{{}} answer")
 
     id_column = fields.get("id")
-    example_id = _row_id(row, id_column, f"example-{index}") if id_column else f"example-{index}"
+    example_id = row_id(row, id_column, f"example-{index}") if id_column else f"example-{index}"
     return Example(id=example_id, prompt=prompt, demonstrations=demonstrations, answer=answer)
 
 

@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", *ADAPTERS, "fields")
 ERROR_MODES = ("raise", "skip")
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # Suffixes that mark a source as a file path, not a hub id, even when the file is missing.
-_PATH_SUFFIXES = {*FILE_SUFFIXES, ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip"}
+_PATH_SUFFIXES = {*FILE_SUFFIXES, ".tsv", ".txt", ".arrow", ".gz", ".zip"}
 _REASONS_SHOWN = 3
 # The longest JSON line read; a longer one is an error naming its line (or a counted skip) rather
 # than a string of that size held in memory. At most this much of such a line is read at once.
@@ -196,6 +196,19 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
             yield RawRow(f"row {number}", row)
 
 
+def _csv_rows(path: Path) -> Iterator[RawRow]:
+    """Rows of a CSV file with a header line, every value as text; "line N" is the editor's line of
+    the row's start (a quoted value may span lines)."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        start = 2
+        for row in reader:
+            yield RawRow(f"line {start}", dict(row))
+            start = reader.line_num + 1
+
+
 def _dataset_rows(dataset: Any) -> Iterator[RawRow]:
     for number, row in enumerate(dataset, start=1):
         yield RawRow(f"row {number}", dict(row))
@@ -212,9 +225,10 @@ def _pick_split(loaded: Any, split: str, source: str) -> Any:
     return loaded
 
 
-def read_rows(source: str, split: str) -> Iterator[RawRow]:
-    """Every row of a source as read (a file, a save_to_disk folder, a hub id), before any adapter;
-    a row that cannot be read carries its problem instead of data."""
+def read_rows(source: str, split: str, config: str | None = None) -> Iterator[RawRow]:
+    """Every row of a source as read (a file, a save_to_disk folder, a hub id with its ``config``
+    when it has several), before any adapter; a row that cannot be read carries its problem instead
+    of data."""
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -222,6 +236,8 @@ def read_rows(source: str, split: str) -> Iterator[RawRow]:
             return _json_rows(path)
         if suffix == ".parquet":
             return _parquet_rows(path)
+        if suffix == ".csv":
+            return _csv_rows(path)
         raise ValueError(
             f"{source}: unsupported file type {suffix!r}; use {', '.join(FILE_SUFFIXES)}, a folder "
             "written by datasets.Dataset.save_to_disk, or a Hugging Face dataset id"
@@ -236,7 +252,7 @@ def read_rows(source: str, split: str) -> Iterator[RawRow]:
     import datasets
 
     # A hub id, or a local folder of data files that `datasets` knows how to read.
-    return _dataset_rows(datasets.load_dataset(source, split=split))
+    return _dataset_rows(datasets.load_dataset(source, config, split=split))
 
 
 def _missing_column_error(name: str, role: str, columns: list[str], source: str) -> ValueError:

@@ -1,4 +1,8 @@
-"""Held-out accuracy of a policy: greedy completions scored with the run's reward functions."""
+"""Held-out accuracy of a policy: greedy completions scored with the run's reward functions.
+
+Each completion becomes a :class:`~hybridrft.eval.records.GenerationRecord` (as its JSON dict), the
+record ``hybridrft eval`` writes too; the trainer writes them to ``RUN/eval/generations-step-N.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hybridrft.data import Example
-from hybridrft.rewards import combine_rewards
+from hybridrft.eval.records import generation_record
+from hybridrft.rewards import combine_rewards, extract_answer
 from hybridrft.rollout import Sampler, SamplingParams
 
 
@@ -17,7 +22,8 @@ class EvalResult:
     mean_length: float  # completion tokens
     truncated: float  # share of completions cut at max_new_tokens
     num_examples: int
-    records: list[dict] = field(default_factory=list)  # one per problem: what the model wrote and its score
+    # one GenerationRecord.to_json() per problem: what the model was asked, what it wrote, its score
+    records: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_records(cls, records: list[dict]) -> "EvalResult":
@@ -25,8 +31,8 @@ class EvalResult:
         n = max(len(records), 1)
         return cls(
             accuracy=sum(r["correct"] for r in records) / n,
-            mean_reward=sum(r["reward"] for r in records) / n,
-            mean_length=sum(r["length"] for r in records) / n,
+            mean_reward=sum(r["score"] for r in records) / n,
+            mean_length=sum(r["tokens"] for r in records) / n,
             truncated=sum(r["truncated"] for r in records) / n,
             num_examples=len(records),
             records=list(records),
@@ -66,17 +72,10 @@ def evaluate(
             [e.answer for e in chunk],
         )
         for example, completion, reward in zip(chunk, completions, rewards):
-            records.append(
-                {
-                    "id": example.id,
-                    "answer": example.answer,
-                    "completion": completion.text,
-                    "reward": reward,
-                    "correct": reward >= correct_threshold,
-                    "length": len(completion.token_ids),
-                    "truncated": completion.truncated,
-                }
+            record = generation_record(
+                example, 0, completion, reward, extract_answer(completion.text), correct_threshold=correct_threshold
             )
+            records.append(record.to_json())
         if on_batch is not None:
             on_batch(len(chunk))
     return EvalResult.from_records(records)

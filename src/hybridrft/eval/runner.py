@@ -1,6 +1,7 @@
 """Run one benchmark: batched generation, scoring, one JSONL line per generation, resumable.
 
-Every generation is appended to ``generations/<benchmark>.jsonl`` as soon as its batch is scored
+Every generation (a :class:`~hybridrft.eval.records.GenerationRecord`, the record training-time
+evaluation writes too) is appended to ``generations/<benchmark>.jsonl`` as soon as its batch is scored
 and the file is flushed, so an interrupted evaluation loses at most the batch in flight. On the next
 run the file is read back, a half-written last line is cut off, and only the missing
 ``(problem, sample)`` pairs are generated. Each line carries the settings it was made with; a file
@@ -11,7 +12,6 @@ silent mix.
 from __future__ import annotations
 
 import json
-import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from hybridrft.data import DEFAULT_ANSWER_INSTRUCTION, Example
+from hybridrft.eval.benchmarks import Benchmark
 from hybridrft.eval.choice import CHOICE_INSTRUCTION
 from hybridrft.eval.metrics import primary_metric_name, summarize_counts
-from hybridrft.eval.suites import Benchmark, BenchmarkError
+from hybridrft.eval.records import GenerationFileError, GenerationRecord, generation_record, read_records
+from hybridrft.eval.suites import BenchmarkError
 from hybridrft.rewards import combine_rewards, extract_answer, extract_choice_letter, get_reward
 from hybridrft.rollout import Sampler, SamplingParams, encode_prompts
-
-logger = logging.getLogger(__name__)
 
 GENERATIONS_DIR = "generations"
 
@@ -82,7 +82,7 @@ class ProgressHooks:
 
 @dataclass
 class _Existing:
-    records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    records: dict[tuple[str, int], GenerationRecord] = field(default_factory=dict)
     ignored: int = 0
 
 
@@ -91,57 +91,24 @@ def generations_path(output_dir: str | Path, benchmark: str) -> Path:
 
 
 def read_generations(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The generation records of a JSONL file; a half-written last line is ignored.
+    """The generation records of a JSONL file, as dicts; a half-written last line is ignored.
 
     A kill can leave the last line without its newline and cut short. With ``repair=True`` such a
     line is cut off the file (or, when it is complete JSON, given its newline back), so the lines
     appended next start on a line of their own. An unreadable line elsewhere is an error naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1  # everything up to and including the last newline
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(data[:complete].split(b"\n")[:-1], start=1):
-        if not line.strip():
-            continue
-        record = _parse_record(line)
-        if record is None:
-            raise BenchmarkError(
-                f"{path}, line {number}: not a generation record; remove the line or pass --overwrite"
-            )
-        records.append(record)
-    tail = data[complete:]
-    if tail.strip():
-        record = _parse_record(tail)
-        if record is not None:
-            records.append(record)
-            if repair:
-                with path.open("ab") as handle:
-                    handle.write(b"\n")
-        else:
-            logger.warning("%s: ignoring a half-written last line (%d bytes)", path, len(tail))
-            if repair:
-                with path.open("r+b") as handle:
-                    handle.truncate(complete)
-    return records
-
-
-def _parse_record(line: bytes) -> dict[str, Any] | None:
     try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+        return read_records(path, repair=repair)
+    except GenerationFileError as error:
+        raise BenchmarkError(f"{error}; remove the line or pass --overwrite") from None
 
 
 def _existing_records(path: Path, examples: list[Example], samples: int, settings: GenerationSettings) -> _Existing:
     gold = {example.id: example.answer for example in examples}
     expected = settings.as_dict()
     existing = _Existing()
-    for number, record in enumerate(read_generations(path, repair=True), start=1):
-        stored = record.get("settings")
+    for number, data in enumerate(read_generations(path, repair=True), start=1):
+        stored = data.get("settings")
         if not isinstance(stored, dict):
             raise BenchmarkError(f"{path}, record {number}: no settings; not written by hybridrft eval (use --overwrite)")
         differ = [key for key in expected if stored.get(key) != expected[key]]
@@ -151,13 +118,17 @@ def _existing_records(path: Path, examples: list[Example], samples: int, setting
                 f"{path} holds generations made with other settings ({changes}); pass --overwrite to start "
                 "this benchmark over, or choose another --output folder"
             )
-        key = (str(record.get("id")), int(record.get("sample", -1)))
+        try:
+            record = GenerationRecord.from_json({"sample": -1, **data}, f"{path}, record {number}")
+        except (GenerationFileError, TypeError, ValueError) as error:
+            raise BenchmarkError(f"{error}; pass --overwrite to start over") from None
+        key = (record.id, record.sample)
         if key[0] not in gold or not 0 <= key[1] < samples:
             existing.ignored += 1
             continue
-        if str(record.get("answer")) != gold[key[0]]:
+        if record.answer != gold[key[0]]:
             raise BenchmarkError(
-                f"{path}: problem {key[0]!r} has gold answer {record.get('answer')!r} there but {gold[key[0]]!r} "
+                f"{path}: problem {key[0]!r} has gold answer {record.answer!r} there but {gold[key[0]]!r} "
                 "in the data now (the data changed?); pass --overwrite to start over"
             )
         if key in existing.records:
@@ -181,35 +152,6 @@ def score_completions(answer_type: str, examples: list[Example], texts: list[str
         scores, _ = combine_rewards([("math", get_reward("math"), 1.0)], prompts, texts, answers)
         extracted = [extract_answer(text) for text in texts]
     return scores, extracted
-
-
-def _record(
-    example: Example,
-    sample: int,
-    completion,
-    score: float,
-    extracted: str | None,
-    settings: GenerationSettings,
-    correct_threshold: float,
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": example.id,
-        "sample": sample,
-        "correct": score >= correct_threshold,
-        "score": score,
-        "extracted": extracted,
-        "answer": example.answer,
-        "completion": completion.text,
-        "tokens": len(completion.token_ids),
-        "truncated": completion.truncated,
-        "finished": completion.finished,
-        "prompt": example.prompt,
-    }
-    if "permutation" in example.meta:
-        record["choices"] = example.meta["choices"]
-        record["permutation"] = example.meta["permutation"]
-    record["settings"] = settings.as_dict()
-    return record
 
 
 def run_benchmark(
@@ -261,16 +203,19 @@ def run_benchmark(
             completions = sampler.generate([prompt_ids[i] for i, _ in chunk], params, seed=seed)
             scores, extracted = score_completions(benchmark.answer_type, chunk_examples, [c.text for c in completions])
             for (i, sample), completion, score, answer in zip(chunk, completions, scores, extracted):
-                record = _record(examples[i], sample, completion, score, answer, settings, correct_threshold)
+                record = generation_record(
+                    examples[i], sample, completion, score, answer,
+                    correct_threshold=correct_threshold, settings=settings.as_dict(),
+                )
                 records[(examples[i].id, sample)] = record
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
             handle.flush()
             hooks.advance(len(chunk))
 
     counts = []
     for example in examples:
         mine = [records[(example.id, s)] for s in range(samples)]
-        counts.append((samples, sum(bool(r["correct"]) for r in mine)))
+        counts.append((samples, sum(r.correct for r in mine)))
     all_records = list(records.values())
     total = max(len(all_records), 1)
     return BenchmarkResult(
@@ -282,9 +227,9 @@ def run_benchmark(
         samples=samples,
         primary_metric=primary_metric_name(samples, settings.temperature),
         metrics=summarize_counts(counts, samples=samples, temperature=settings.temperature, pass_ks=pass_ks),
-        mean_response_tokens=sum(r["tokens"] for r in all_records) / total,
-        truncated=sum(bool(r["truncated"]) for r in all_records) / total,
-        answered=sum(r.get("extracted") is not None for r in all_records) / total,
+        mean_response_tokens=sum(r.tokens for r in all_records) / total,
+        truncated=sum(r.truncated for r in all_records) / total,
+        answered=sum(r.extracted is not None for r in all_records) / total,
         max_new_tokens=settings.max_new_tokens,
         generated_this_run=len(jobs),
         reused=len(existing.records),
