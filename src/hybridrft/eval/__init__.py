@@ -9,7 +9,7 @@ benchmark's problems), ``choice`` (multiple-choice questions), ``runner`` (one b
 ``shift`` (token probabilities of responses under two models).
 """
 
-from hybridrft.eval.accuracy import EvalResult, evaluate
+from hybridrft.eval.accuracy import EvalResult, evaluate, evaluate_sharded
 from hybridrft.eval.benchmarks import Benchmark, load_benchmark
 from hybridrft.eval.choice import CHOICE_INSTRUCTION, ChoiceQuestion, arrange_options, choice_prompt, option_permutation
 from hybridrft.eval.metrics import (
@@ -82,6 +82,7 @@ __all__ = [
     "completion_token_probs",
     "default_pass_ks",
     "evaluate",
+    "evaluate_sharded",
     "find_suite",
     "generation_record",
     "generations_path",

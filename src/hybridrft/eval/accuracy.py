@@ -79,3 +79,27 @@ def evaluate(
         if on_batch is not None:
             on_batch(len(chunk))
     return EvalResult.from_records(records)
+
+
+def evaluate_sharded(
+    sampler,
+    examples: list[Example],
+    prompt_ids: list[list[int]],
+    reward_fns: list[tuple[str, Callable, float]],
+    *,
+    rank: int,
+    count: int,
+    gather: Callable[[object], list],
+    on_batch: Callable[[int], None] | None = None,
+    **settings,
+) -> EvalResult:
+    """``evaluate`` split over ``count`` processes: this one (``rank``) takes problems rank, rank +
+    count, ...; ``gather`` (every process's value, in rank order) brings the records back in problem
+    order. ``on_batch`` hears this process's progress scaled to the whole set."""
+    mine = list(range(rank, len(examples), count))
+    result = evaluate(
+        sampler, [examples[i] for i in mine], [prompt_ids[i] for i in mine], reward_fns,
+        on_batch=None if on_batch is None else (lambda k: on_batch(k * count)), **settings,
+    )
+    indexed = sorted((pair for share in gather(list(zip(mine, result.records))) for pair in share), key=lambda p: p[0])
+    return EvalResult.from_records([record for _, record in indexed])

@@ -1,6 +1,13 @@
 """Samplers (rollout generation) and the ``RolloutBatch`` that training consumes."""
 
-from hybridrft.rollout.assembly import StepSequence, assemble_batch, demonstration_sequences, rollout_sequences
+from hybridrft.rollout.assembly import (
+    StepSequence,
+    assemble_batch,
+    demonstration_sequences,
+    logged_samples,
+    rollout_sequences,
+    score_sequences,
+)
 from hybridrft.rollout.batch import (
     RolloutBatch,
     build_rollout_batch,
@@ -28,6 +35,8 @@ __all__ = [
     "StepSequence",
     "assemble_batch",
     "demonstration_sequences",
+    "logged_samples",
+    "score_sequences",
     "prompt_set",
     "rollout_sequences",
     "update_parts",

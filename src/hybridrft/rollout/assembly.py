@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybridrft.data import Example
+from hybridrft.rewards import combine_rewards
 from hybridrft.rollout.batch import RolloutBatch, build_rollout_batch
 from hybridrft.rollout.sampler import Completion
 
@@ -59,3 +60,22 @@ def assemble_batch(
         truncated=[s.truncated for s in sequences],
         pad_id=pad_id,
     )
+
+
+def score_sequences(reward_fns, examples: list[Example], sequences: list[StepSequence]) -> tuple[list[float], dict]:
+    """Every sequence's combined reward and each function's scores (``rewards.combine_rewards``),
+    demonstrations included: a demonstration that does not earn full reward is bad data, counted."""
+    return combine_rewards(
+        reward_fns,
+        [examples[s.group].prompt for s in sequences],
+        [s.text for s in sequences],
+        [examples[s.group].answer for s in sequences],
+    )
+
+
+def logged_samples(step: int, sequences: list[StepSequence], rewards: list[float], positions: list[int]) -> list[dict]:
+    """The step's rollouts as ``samples.jsonl`` rows; a sample's group is its prompt's position in the global batch."""
+    return [
+        {"step": step, "group": positions[s.group], "reward": r, "text": s.text}
+        for s, r in zip(sequences, rewards) if not s.is_demo
+    ]

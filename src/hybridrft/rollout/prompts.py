@@ -52,8 +52,8 @@ def encode_prompts(
     return kept, ids
 
 
-def prompt_set(tokenizer, examples: list[Example], data_config, source: str) -> PromptSet:
-    """``encode_prompts`` with a run's ``data`` settings."""
+def prompt_set(tokenizer, examples: list[Example], data_config, source: str, *, required: bool = False) -> PromptSet:
+    """``encode_prompts`` with a run's ``data`` settings; ``required``: an empty result is an error."""
     kept, ids = encode_prompts(
         tokenizer,
         examples,
@@ -62,4 +62,6 @@ def prompt_set(tokenizer, examples: list[Example], data_config, source: str) -> 
         max_prompt_tokens=data_config.max_prompt_tokens,
         source=f"{source} ({data_config.source})",
     )
+    if required and not kept:
+        raise ValueError(f"no usable {source} in {data_config.source}")
     return PromptSet(kept, ids)

@@ -19,11 +19,14 @@ withheld (``Engine.can_skip_updates``). On CPU (``recipes/accelerate/zero{2,3}_c
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def build_accelerator(*, log_with, project_dir: str, max_grad_norm: float | None = None):
@@ -101,6 +104,30 @@ class Engine:
         self.can_skip_updates = not self.deepspeed
         # DeepSpeed keeps gradients in its own buffers (a ZeRO-3 parameter is empty between forwards)
         self.preallocates_gradients = not self.deepspeed
+
+    def prepare(self, scorer: torch.nn.Module, optimizer):
+        """The scorer and optimizer wrapped for the engine; every gradient buffer allocated once,
+        together, before any activation (zeroed in place after each update, never freed: buffers
+        reallocated among the backward's temporaries fragment the heap)."""
+        model, optimizer = self.accelerator.prepare(scorer, optimizer)
+        if self.preallocates_gradients:
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.grad = torch.zeros_like(param)
+        return model, optimizer
+
+    def step(self, optimizer, *, take: bool) -> None:
+        """The optimizer step when ``take`` (a non-finite update is not taken), then gradients zeroed
+        in place (freed buffers reallocated every step fragment the heap: about 60 MB more peak
+        memory for SmolLM2 on CPU)."""
+        if take:
+            optimizer.step()
+        elif not self.can_skip_updates:
+            logger.warning(
+                "non-finite loss or gradient norm: DeepSpeed has already applied this update; the step is "
+                "counted as skipped and the run stops after train.max_bad_steps such steps"
+            )
+        optimizer.zero_grad(set_to_none=False)
 
     def accumulating(self, model, last: bool):
         """Gradients of every micro-batch but the update's last stay local (one all-reduce per update).

@@ -148,3 +148,31 @@ def rollout_metrics(columns: dict[str, torch.Tensor | None], demo_truncated: int
 def is_finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
+
+
+def step_costs(metrics: dict[str, Any], times: list[dict[str, float]], updates: int) -> dict[str, float]:
+    """The step's times (each the slowest process's, from every process's ``times``) and throughput."""
+    out = {name: max(t[name] for t in times if name in t) for name in times[0]}
+    out["throughput/tokens_per_s"] = metrics["tokens/trained"] * updates / out["time/step"]
+    generate_s = out.get("time/generate", 0.0)
+    out["throughput/generated_tokens_per_s"] = metrics["tokens/generated"] / generate_s if generate_s else 0.0
+    return out
+
+
+def global_step_metrics(processes, decisions: dict, batch: RolloutBatch, per_fn, positions, generated: int,
+                        demo_truncated: int, threshold: float) -> dict[str, Any]:
+    """A step's batch statistics over every process: the method's decision metrics (per-prompt
+    means over equal shares), rollout statistics from every sequence, token counts summed."""
+    metrics = combine_means(processes.gather(decisions))
+    columns = concatenate_columns(processes.gather(sequence_columns(batch, per_fn, positions)))
+    trained, generated, demo_truncated = processes.sum([int(batch.attention_mask.sum()), generated, demo_truncated])
+    metrics.update(rollout_metrics(columns, int(demo_truncated), threshold))
+    metrics.update({"tokens/trained": int(trained), "tokens/generated": int(generated)})
+    return metrics
+
+
+def add_contributions(sums: dict[str, float], terms: dict[str, Any]) -> None:
+    """Add a micro-batch's loss terms (contributions to the batch value) into ``sums``; extremes take the extreme."""
+    for name, value in terms.items():
+        value = float(value)
+        sums[name] = min(sums.get(name, value), value) if name.endswith("_min") else sums.get(name, 0.0) + value

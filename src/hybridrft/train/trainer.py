@@ -26,36 +26,21 @@ import torch
 from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
 from hybridrft.data.stream import PromptStream, check_process_shares
-from hybridrft.eval import EvalResult, evaluate
-from hybridrft.models import load_policy, load_tokenizer, load_training_policy, save_policy
+from hybridrft.eval import EvalResult, evaluate_sharded
+from hybridrft.models import load_policy, load_tokenizer, load_training_policy
 from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.objectives import SFT, BatchTotals, PolicyOutputs, StepPlan, build_objective
-from hybridrft.rewards import combine_rewards, get_reward, reward_counters
-from hybridrft.rollout import (
-    RolloutBatch,
-    SamplingParams,
-    assemble_batch,
-    build_sampler,
-    demonstration_sequences,
-    prompt_set,
-    rollout_sequences,
-    update_parts,
-)
+from hybridrft.rewards import get_reward, reward_counters
+from hybridrft.rollout import (RolloutBatch, SamplingParams, assemble_batch, build_sampler, demonstration_sequences,
+                               logged_samples, prompt_set, rollout_sequences, score_sequences, update_parts)
 from hybridrft.train import checkpoint as ckpt
 from hybridrft.train.logging import MetricsLogger, StepProgress
 from hybridrft.train.memory import return_freed_blocks_at_once
-from hybridrft.train.metrics import (
-    StepTimer,
-    combine_contributions,
-    combine_means,
-    concatenate_columns,
-    is_finite,
-    mean_over_updates,
-    rollout_metrics,
-    sequence_columns,
-)
+from hybridrft.train.metrics import (StepTimer, add_contributions, combine_contributions, global_step_metrics, is_finite,
+                                     mean_over_updates, step_costs)
 from hybridrft.train.engines import Engine, build_accelerator
 from hybridrft.train.processes import Processes
+from hybridrft.train.saving import save_final_model, save_step_checkpoint
 from hybridrft.train.optimization import build_optimizer, set_phase_learning_rate
 from hybridrft.train.scoring import PolicyScorer, batch_logprobs, entropy_sums, micro_batch_rows
 
@@ -64,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient (``train.max_bad_steps``)."""
+
+    def __init__(self, bad_steps: int, step: int, max_bad_steps: int, last_checkpoint: Path | None):
+        super().__init__(
+            f"{bad_steps} steps in a row (up to step {step}) gave a non-finite loss or gradient and were "
+            f"skipped (train.max_bad_steps={max_bad_steps}); stopping. The last checkpoint, "
+            f"{last_checkpoint or 'none yet'}, is intact. Lower the learning rate, check the data of the "
+            "steps logged above, or raise train.max_bad_steps"
+        )
 
 
 @dataclass
@@ -105,10 +98,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.accelerator = build_accelerator(
-            log_with=cfg.report_to or None, project_dir=str(self.output_dir), max_grad_norm=cfg.max_grad_norm
-        )
-        self.engine = Engine(self.accelerator)  # DDP or FSDP2 under accelerate launch
+        self.accelerator = build_accelerator(log_with=cfg.report_to or None, project_dir=str(self.output_dir),
+                                             max_grad_norm=cfg.max_grad_norm)
+        self.engine = Engine(self.accelerator)  # one process, DDP, FSDP2 or DeepSpeed under accelerate launch
         self.processes = Processes(self.accelerator)
         resume_from = ckpt.checkpoint_to_resume(
             self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
@@ -129,10 +121,8 @@ class Trainer:
         if train_examples is None:
             train_examples, loaded_eval = load_run_examples(config)
             eval_examples = loaded_eval if eval_examples is None else eval_examples
-        self.train_set = prompt_set(self.tokenizer, train_examples, config.data, "training data")
+        self.train_set = prompt_set(self.tokenizer, train_examples, config.data, "training data", required=True)
         self.eval_set = prompt_set(self.tokenizer, eval_examples or [], config.data, "evaluation data")
-        if len(self.train_set) == 0:
-            raise ValueError(f"no usable training examples in {config.data.source}")
         self.reward_fns = reward_fns or [
             (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
         ]
@@ -141,39 +131,27 @@ class Trainer:
         # optimisation
         model.train()
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
-        self.model, self.optimizer = self.accelerator.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
-        for param in self.model.parameters():  # allocated once, together, before any activation
-            if param.requires_grad and self.engine.preallocates_gradients:
-                param.grad = torch.zeros_like(param)
+        self.model, self.optimizer = self.engine.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
         if self.reference is not None:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
-        self.sampler = build_sampler(
-            config.rollout.backend, self.policy, self.tokenizer, batch_size=config.rollout.generation_batch_size
-        )
+        self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
+                                     batch_size=config.rollout.generation_batch_size)
 
         self.step = 0
         self.timer = StepTimer(self.accelerator.device)  # the current step's phases
-        self.prompts = PromptStream(
-            len(self.train_set), cfg.seed, rank=self.processes.rank, world_size=self.processes.count
-        )
+        self.prompts = PromptStream(len(self.train_set), cfg.seed, rank=self.processes.rank, world_size=self.processes.count)
         self.evals: dict[int, EvalResult] = {}
-        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient, in all
-        self.bad_steps_in_a_row = 0
+        self.skipped_steps = self.bad_steps_in_a_row = 0  # steps skipped for a non-finite loss or gradient
         if resume_from:
-            state = ckpt.load_training_state(
+            self.load_state(ckpt.load_training_state(
                 resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
                 load_sharded_optimizer=lambda folder: self.engine.load_sharded_optimizer(self.model, self.optimizer, folder),
-            )
-            self.step, self.prompts.cursor = state["step"], state["data_cursor"]
-            self.skipped_steps = state.get("skipped_steps", 0)
-            self.bad_steps_in_a_row = state.get("bad_steps_in_a_row", 0)
-            self.objective.load_state_dict(state["objective"])
+            ))
             logger.info("resumed from %s at step %d", resume_from, self.step)
-        self.metrics = MetricsLogger(
-            self.output_dir, truncate_after=self.step, accelerator=self.accelerator, write=self.processes.is_main
-        )
+        self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator,
+                                     write=self.processes.is_main)
 
     @property
     def policy(self):
@@ -210,12 +188,9 @@ class Trainer:
             metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
         metrics.update({"train/skipped": float(skipped), "train/skipped_steps": self.skipped_steps})
         metrics["train/processes"] = self.processes.count
-        metrics.update({name: max(t) for name, t in self._gathered(self.timer.metrics()).items()})
-        metrics["throughput/tokens_per_s"] = metrics["tokens/trained"] * updates / metrics["time/step"]
-        generate_s = metrics["time/generate"]
-        metrics["throughput/generated_tokens_per_s"] = metrics["tokens/generated"] / generate_s if generate_s else 0.0
+        metrics.update(step_costs(metrics, self.processes.gather(self.timer.metrics()), updates))
         counts = {name: total - counts_before[name] for name, total in reward_counters().items()}
-        metrics.update(zip(counts, self.processes.sum(list(counts.values()))))
+        metrics.update(zip(counts, self.processes.sum(list(counts.values()))))  # reward calls, errors, timeouts
         return metrics
 
     def collect(self, step: int) -> tuple[StepPlan, RolloutBatch, dict[str, Any]]:
@@ -239,25 +214,16 @@ class Trainer:
         )
         sequences = rollout_sequences(completions) + demos
         with self.timer("reward"):  # demonstrations are scored too: they should earn full reward
-            rewards, per_fn = combine_rewards(
-                self.reward_fns,
-                [examples[s.group].prompt for s in sequences],
-                [s.text for s in sequences],
-                [examples[s.group].answer for s in sequences],
-            )
+            rewards, per_fn = score_sequences(self.reward_fns, examples, sequences)
         batch = assemble_batch(prompts, sequences, rewards, pad_id=self.tokenizer.pad_token_id)
 
         metrics: dict[str, Any] = {"step": step, "plan": plan.kind, **plan.info}
-        metrics.update(combine_means(self.processes.gather(self.objective.prepare_batch(batch, plan))))
-        columns = concatenate_columns(self.processes.gather(sequence_columns(batch, per_fn, share.positions)))
-        generated = sum(len(c.token_ids) for c in completions)
-        trained, generated, demo_truncated = self.processes.sum([int(batch.attention_mask.sum()), generated, demo_truncated])
-        metrics.update(rollout_metrics(columns, int(demo_truncated), self.config.reward.correct_threshold))
-        metrics.update({"tokens/trained": int(trained), "tokens/generated": int(generated)})
-        samples = [  # a sample's group is its prompt's position in the global batch
-            {"step": step, "group": share.positions[s.group], "reward": r, "text": s.text}
-            for s, r in zip(sequences, rewards) if not s.is_demo
-        ][: cfg.log_samples]
+        decisions = self.objective.prepare_batch(batch, plan)  # advantages, masks, coefficients
+        metrics.update(global_step_metrics(
+            self.processes, decisions, batch, per_fn, share.positions, sum(len(c.token_ids) for c in completions),
+            demo_truncated, self.config.reward.correct_threshold,
+        ))
+        samples = logged_samples(step, sequences, rewards, share.positions)[: cfg.log_samples]
         self._last_samples = [sample for mine in self.processes.gather(samples) for sample in mine][: cfg.log_samples]
         return plan, batch, metrics
 
@@ -297,11 +263,7 @@ class Trainer:
                 with timer("backward"):
                     # processes' gradients are averaged; our losses are already normalised globally
                     self.accelerator.backward(loss * self.processes.count)
-            for name, value in term_metrics.items():  # contributions that add up over micro-batches
-                if name.endswith("_min"):
-                    sums[name] = min(sums.get(name, float(value)), float(value))
-                else:
-                    sums[name] = sums.get(name, 0.0) + float(value)
+            add_contributions(sums, term_metrics)
         return {**sums, **timer.metrics()}
 
     def optimizer_update(self, loss: float = 0.0) -> dict[str, float]:
@@ -313,16 +275,7 @@ class Trainer:
         with timer("optimizer"):
             grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
-            if not skipped:
-                self.optimizer.step()
-            elif not self.engine.can_skip_updates:
-                logger.warning(
-                    "non-finite loss (%s) or gradient norm (%s): DeepSpeed has already applied this update; "
-                    "the step is counted as skipped and the run stops after train.max_bad_steps such steps", loss, grad_norm,
-                )
-            # zeroed in place, not freed: gradient buffers reallocated every step among the backward's
-            # temporaries fragment the heap (about 60 MB more peak memory for SmolLM2 on CPU)
-            self.optimizer.zero_grad(set_to_none=False)
+            self.engine.step(self.optimizer, take=not skipped)
         return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped), **timer.metrics()}
 
     def _record_skipped_step(self, step: int, bad_update: dict[str, float]) -> None:
@@ -346,32 +299,18 @@ class Trainer:
     def _logprobs(self, batch: RolloutBatch, scorer) -> torch.Tensor:
         return batch_logprobs(scorer, batch, self._micro_batches(batch), self.accelerator.device)
 
-    def _gathered(self, metrics: dict[str, float]) -> dict[str, list[float]]:
-        per_process = self.processes.gather(metrics)
-        return {name: [m[name] for m in per_process if name in m] for name in metrics}
-
     # ------------------------------------------------------------------ evaluation and the run
 
     def evaluate(self, on_batch: Callable[[int], None] | None = None) -> EvalResult:
-        """Greedy accuracy on the held-out prompts, each process taking every N-th one, gathered."""
-        mine = list(range(self.processes.rank, len(self.eval_set), self.processes.count))
+        """Greedy accuracy on the held-out prompts, shared among the processes and gathered."""
+        cfg = self.config
         with self.engine.whole_parameters(self.model):
-            result = self._evaluate_share(mine, on_batch)
-        indexed = sorted(pair for share in self.processes.gather(list(zip(mine, result.records))) for pair in share)
-        return EvalResult.from_records([record for _, record in indexed])
-
-    def _evaluate_share(self, mine: list[int], on_batch) -> EvalResult:
-        cfg, count = self.config, self.processes.count
-        return evaluate(
-            self.sampler,
-            [self.eval_set.examples[i] for i in mine],
-            [self.eval_set.prompt_ids[i] for i in mine],
-            self.reward_fns,
-            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-            correct_threshold=cfg.reward.correct_threshold,
-            on_batch=None if on_batch is None else (lambda k: on_batch(k * count)),
-        )
+            return evaluate_sharded(
+                self.sampler, self.eval_set.examples, self.eval_set.prompt_ids, self.reward_fns,
+                rank=self.processes.rank, count=self.processes.count, gather=self.processes.gather, on_batch=on_batch,
+                max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                batch_size=cfg.eval.batch_size, correct_threshold=cfg.reward.correct_threshold,
+            )
 
     def _run_eval(self, progress: StepProgress) -> None:
         if not len(self.eval_set):
@@ -383,54 +322,22 @@ class Trainer:
         self.metrics.log({"step": self.step, **result.metrics()}, kind="eval")
         self.metrics.write_generations(self.step, result.records)
 
-    def save(self) -> Path:
-        """A checkpoint of the step. Rank 0 writes it; under FSDP2 every process first helps gather the
-        full weights and writes its own shard of the optimizer state into rank 0's temporary folder."""
-        main, final = self.processes.is_main, self.checkpoint_dir / f"step-{self.step:06d}"
-        model_state = self.engine.full_state_dict(self.model)
-        folder = None
-        if self.engine.shards_optimizer:
-            folder = Path(self.processes.gather(str(ckpt.new_checkpoint_folder(self.checkpoint_dir, self.step)) if main else "")[0])
-            self.engine.save_sharded_optimizer(self.model, self.optimizer, folder / "optimizer")
-        if main:
-            final = ckpt.save_checkpoint(
-                self.checkpoint_dir,
-                self.step,
-                model=self.policy,
-                tokenizer=self.tokenizer,
-                optimizer=None if folder else self.optimizer,
-                scheduler=self.scheduler,
-                trainer_state={
-                    "step": self.step,
-                    "data_cursor": self.prompts.cursor,
-                    "skipped_steps": self.skipped_steps,
-                    "bad_steps_in_a_row": self.bad_steps_in_a_row,
-                    "objective": self.objective.state_dict(),
-                },
-                keep=self.config.train.keep_checkpoints,
-                model_state=model_state,
-                folder=folder,
-            )
-        self.processes.wait()
-        return final
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds beside weights, optimizer and schedule (RNG states are added to it)."""
+        return {"step": self.step, "data_cursor": self.prompts.cursor, "skipped_steps": self.skipped_steps,
+                "bad_steps_in_a_row": self.bad_steps_in_a_row, "objective": self.objective.state_dict()}
 
-    def save_final_model(self, path: Path) -> None:
-        """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone)."""
-        model_state = self.engine.full_state_dict(self.model)  # every process, under FSDP2
-        merge = self.config.model.lora.save == "merged"
-        if self.processes.is_main and model_state is not None and self.config.model.lora.rank:
-            # sharded LoRA: rebuild base + adapters on CPU from the gathered weights, then save as usual
-            whole = load_training_policy(self.config.model)
-            missing, unexpected = whole.load_state_dict(model_state, strict=False)
-            if unexpected or any(name not in self.engine.tied_names for name in missing):
-                raise RuntimeError(f"gathered weights do not fit the model: missing {missing}, unexpected {unexpected}")
-            save_policy(whole, self.tokenizer, path, merge=merge)
-        elif self.processes.is_main and model_state is not None:
-            self.policy.save_pretrained(path, state_dict=model_state, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
-        elif self.processes.is_main:
-            save_policy(self.policy, self.tokenizer, path, merge=merge)
-        self.processes.wait()
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.step, self.prompts.cursor = state["step"], state["data_cursor"]
+        self.skipped_steps, self.bad_steps_in_a_row = state.get("skipped_steps", 0), state.get("bad_steps_in_a_row", 0)
+        self.objective.load_state_dict(state["objective"])
+
+    def save(self) -> Path:
+        return save_step_checkpoint(
+            self.checkpoint_dir, self.step, engine=self.engine, processes=self.processes, model=self.model,
+            policy=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+            trainer_state=self.state_dict(), keep=self.config.train.keep_checkpoints,
+        )
 
     def train(self, stop_at: int | None = None) -> TrainResult:
         """Run to ``train.max_steps`` (or stop early after step ``stop_at``, checkpointed, resumable)."""
@@ -455,12 +362,7 @@ class Trainer:
                 progress.step_done(metrics)
                 if self.bad_steps_in_a_row >= cfg.max_bad_steps:
                     last = ckpt.latest_complete_checkpoint(self.checkpoint_dir)
-                    raise NonFiniteTrainingError(
-                        f"{self.bad_steps_in_a_row} steps in a row (up to step {self.step}) gave a non-finite loss or "
-                        f"gradient and were skipped (train.max_bad_steps={cfg.max_bad_steps}); stopping. The last "
-                        f"checkpoint, {last or 'none yet'}, is intact. Lower the learning rate, check the data of the "
-                        "steps logged above, or raise train.max_bad_steps"
-                    )
+                    raise NonFiniteTrainingError(self.bad_steps_in_a_row, self.step, cfg.max_bad_steps, last)
                 if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < last_step:
                     self._run_eval(progress)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last_step:
@@ -472,7 +374,10 @@ class Trainer:
         final = None
         if self.step == cfg.max_steps:
             final = self.output_dir / "final_model"
-            self.save_final_model(final)
+            save_final_model(
+                final, engine=self.engine, processes=self.processes, model=self.model, policy=self.policy,
+                tokenizer=self.tokenizer, model_config=self.config.model,
+            )
         self.engine.finish()  # DeepSpeed: the engine is destroyed; the run cannot train further
         if cfg.report_to:
             self.accelerator.end_training()

@@ -1,0 +1,54 @@
+"""Writing a run's state with any number of processes: a step's checkpoint and the final model.
+
+Rank 0 writes the folder. Under FSDP2 and ZeRO-3 every process first takes part in gathering the
+full weights, and where the optimizer state is sharded every process writes its own shard into
+rank 0's temporary checkpoint folder before rank 0 completes and renames it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hybridrft.models import load_training_policy, save_policy
+from hybridrft.train import checkpoint as ckpt
+
+
+def save_step_checkpoint(
+    root: Path, step: int, *, engine, processes, model, policy, tokenizer, optimizer, scheduler,
+    trainer_state: dict[str, Any], keep: int,
+) -> Path:
+    """``root/step-N``, atomic and verified (``checkpoint.save_checkpoint``), from every process."""
+    model_state = engine.full_state_dict(model)  # a collective under FSDP2 / ZeRO-3
+    folder = None
+    if engine.shards_optimizer:
+        made = str(ckpt.new_checkpoint_folder(root, step)) if processes.is_main else ""
+        folder = Path(processes.gather(made)[0])
+        engine.save_sharded_optimizer(model, optimizer, folder / "optimizer")
+    final = root / f"step-{step:06d}"
+    if processes.is_main:
+        final = ckpt.save_checkpoint(
+            root, step, model=policy, tokenizer=tokenizer, optimizer=None if folder else optimizer,
+            scheduler=scheduler, trainer_state=trainer_state, keep=keep, model_state=model_state, folder=folder,
+        )
+    processes.wait()
+    return final
+
+
+def save_final_model(path: Path, *, engine, processes, model, policy, tokenizer, model_config) -> None:
+    """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone)."""
+    model_state = engine.full_state_dict(model)  # a collective under FSDP2 / ZeRO-3
+    merge = model_config.lora.save == "merged"
+    if processes.is_main and model_state is not None and model_config.lora.rank:
+        # sharded LoRA: rebuild base + adapters on CPU from the gathered weights, then save as usual
+        whole = load_training_policy(model_config)
+        missing, unexpected = whole.load_state_dict(model_state, strict=False)
+        if unexpected or any(name not in engine.tied_names for name in missing):
+            raise RuntimeError(f"gathered weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        save_policy(whole, tokenizer, path, merge=merge)
+    elif processes.is_main and model_state is not None:
+        policy.save_pretrained(path, state_dict=model_state, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+    elif processes.is_main:
+        save_policy(policy, tokenizer, path, merge=merge)
+    processes.wait()
