@@ -61,11 +61,15 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log more detail"),
 ):
     """Train with a recipe. Writes config.yaml, metrics.jsonl, checkpoints, the final model, plots
-    and report.html into train.output_dir."""
+    and report.html into train.output_dir.
+
+    On several devices: accelerate launch --config_file recipes/accelerate/ddp.yaml -m hybridrft train RECIPE
+    (train.prompts_per_step is the global batch; FSDP2 and ZeRO configs: docs/scaling.md)."""
     setup_logging(verbose)
     config = _load(recipe, list(overrides or []) + (["train.resume=true"] if resume else []))
     result = _run_training(config)
-    console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
+    if result.is_main_process:
+        console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
 
 
 @app.command()
