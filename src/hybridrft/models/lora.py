@@ -5,8 +5,7 @@ adapters; everything that drives the policy (the native sampler, the shared-prom
 key/value caches) reaches the same decoder through the wrapper. An adapter folder is PEFT's own
 ``save_pretrained`` output (``adapter_config.json`` and ``adapter_model.safetensors``): checkpoints
 hold one, and ``merged_state_dict`` gives the full model with the adapters folded into its weights
-without touching the model being trained. ``peft`` is an optional dependency
-(``pip install 'hybridrft[lora]'``), imported only when LoRA is used.
+without touching the model being trained. ``peft`` is imported only when LoRA is used.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ def _peft():
     try:
         import peft
     except ImportError:
-        raise ImportError("LoRA (model.lora.rank > 0) needs peft: pip install 'hybridrft[lora]'") from None
+        raise ImportError("LoRA (model.lora.rank > 0) needs peft: pip install 'peft>=0.18.1,<1'") from None
     return peft
 
 
