@@ -673,3 +673,18 @@ def test_arithmetic_splits_are_disjoint():
     assert [ex.to_dict() for ex in train] == [ex.to_dict() for ex in arithmetic_task(200, seed=11)]
     again_train, again_eval = arithmetic_splits(200, 50, seed=11)
     assert [ex.prompt for ex in again_eval] == [ex.prompt for ex in evaluation]
+
+
+def test_arithmetic_number_range_makes_harder_problems_within_its_bounds():
+    import re
+
+    from hybridrft.data.arithmetic import NumberRange, arithmetic_task
+
+    wide = NumberRange(max_operand=60, max_factor=9, max_value=300)
+    hard = arithmetic_task(200, seed=5, min_steps=3, max_steps=4, numbers=wide)
+    values = [int(v) for e in hard for v in re.findall(r"\d+", e.demonstrations[0].replace("\\boxed", ""))]
+    assert max(values) <= 300 and max(values) > 100  # larger than the default range allows, within the new one
+    assert all(3 <= e.meta["steps"] <= 4 for e in hard)
+    assert arithmetic_task(20, seed=5) == arithmetic_task(20, seed=5, numbers=NumberRange())  # the default is unchanged
+    with pytest.raises(ValueError, match="max_operand <= max_value"):
+        NumberRange(max_operand=50, max_value=40)

@@ -16,6 +16,24 @@ MIN_OPERAND = 2
 MAX_OPERAND = 20  # addends and subtrahends
 MAX_FACTOR = 9  # multipliers and divisors: one-digit, so a 135M model can get the arithmetic right
 MAX_VALUE = 100
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The numbers a problem may use: addends and subtrahends up to ``max_operand``, factors and
+    divisors up to ``max_factor``, every intermediate value a positive integer up to ``max_value``.
+    The default is the quickstart's; a larger range makes harder (out-of-distribution) problems."""
+
+    max_operand: int = MAX_OPERAND
+    max_factor: int = MAX_FACTOR
+    max_value: int = MAX_VALUE
+
+    def __post_init__(self):
+        if not (MIN_OPERAND <= self.max_factor and MIN_OPERAND <= self.max_operand <= self.max_value):
+            raise ValueError(f"need {MIN_OPERAND} <= max_factor and {MIN_OPERAND} <= max_operand <= max_value: {self}")
+
+
+DEFAULT_NUMBERS = NumberRange()
 # Enough attempts that a large request from a big problem space never fails, while a request
 # larger than a tiny space (for instance one story, one step) stops with an error, not a hang.
 _ATTEMPTS_PER_EXAMPLE = 50
@@ -132,24 +150,24 @@ _PEOPLE = (
 _PRONOUNS = {"he": ("He", "he", "him", "his"), "she": ("She", "she", "her", "her")}
 
 
-def _operands() -> range:
-    return range(MIN_OPERAND, MAX_OPERAND + 1)
+def _operands(numbers: NumberRange) -> range:
+    return range(MIN_OPERAND, numbers.max_operand + 1)
 
 
-def _factors() -> range:
-    return range(MIN_OPERAND, MAX_FACTOR + 1)
+def _factors(numbers: NumberRange) -> range:
+    return range(MIN_OPERAND, numbers.max_factor + 1)
 
 
-def _next_step(rng: random.Random, story: _Story, value: int, last: bool) -> tuple[str, int] | None:
-    """Pick an operation and operand that keep every value a positive integer <= MAX_VALUE."""
+def _next_step(rng: random.Random, story: _Story, value: int, last: bool, numbers: NumberRange) -> tuple[str, int] | None:
+    """Pick an operation and operand that keep every value a positive integer <= ``numbers.max_value``."""
     options: dict[str, list[int]] = {
-        "+": [n for n in _operands() if value + n <= MAX_VALUE],
-        "-": [n for n in _operands() if value - n >= 1],
+        "+": [n for n in _operands(numbers) if value + n <= numbers.max_value],
+        "-": [n for n in _operands(numbers) if value - n >= 1],
     }
     if story.mul:
-        options["*"] = [n for n in _factors() if value * n <= MAX_VALUE]
+        options["*"] = [n for n in _factors(numbers) if value * n <= numbers.max_value]
     if story.div and last:
-        options["/"] = [n for n in _factors() if value % n == 0]
+        options["/"] = [n for n in _factors(numbers) if value % n == 0]
     feasible = [op for op, operands in options.items() if operands]
     if not feasible:
         return None
@@ -167,7 +185,7 @@ def _apply(value: int, op: str, operand: int) -> int:
     return value // operand
 
 
-def _make_problem(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
+def _make_problem(rng: random.Random, steps: int, numbers: NumberRange) -> tuple[str, list[str], int]:
     """(prompt, equation lines, answer) for one random story with `steps` operations."""
     story = rng.choice(_STORIES)
     name, pronoun = rng.choice(_PEOPLE)
@@ -178,20 +196,20 @@ def _make_problem(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
 
     lines: list[str] = []
     if story.start_multiplies:
-        a, b = rng.choice(_factors()), rng.choice(_factors())
+        a, b = rng.choice(_factors(numbers)), rng.choice(_factors(numbers))
         value = a * b
         sentences = [story.start.format(a=a, b=b, **words)]
         lines.append(f"{a} * {b} = {value}")
         remaining = steps - 1
     else:
-        value = rng.choice(_operands())
+        value = rng.choice(_operands(numbers))
         sentences = [story.start.format(n=value, **words)]
         remaining = steps
     question = story.question
     used: set[str] = set()
 
     for i in range(remaining):
-        step = _next_step(rng, story, value, last=i == remaining - 1)
+        step = _next_step(rng, story, value, last=i == remaining - 1, numbers=numbers)
         if step is None:  # cannot happen with the current bounds; kept as a guard for edits
             raise RuntimeError(f"no valid operation from value {value}")
         op, operand = step
@@ -213,13 +231,13 @@ def _make_problem(rng: random.Random, steps: int) -> tuple[str, list[str], int]:
 
 
 def arithmetic_task(
-    num_examples: int, *, seed: int, min_steps: int = 1, max_steps: int = 2
+    num_examples: int, *, seed: int, min_steps: int = 1, max_steps: int = 2, numbers: NumberRange = DEFAULT_NUMBERS
 ) -> list[Example]:
     """`num_examples` distinct word problems from `random.Random(seed)`.
 
     Each has `min_steps..max_steps` operations (a start such as "4 boxes with 6 pens in each"
-    counts as one multiplication), addends 2..20, one-digit factors and divisors, and positive
-    integer values up to 100. The
+    counts as one multiplication) and, by default, addends 2..20, one-digit factors and divisors,
+    and positive integer values up to 100 (`numbers` sets other bounds). The
     demonstration is one "a op b = c" line per operation and `The answer is \\boxed{c}.`. The list
     for a seed is a prefix of the list for the same seed and more examples.
     """
@@ -234,7 +252,7 @@ def arithmetic_task(
         if len(examples) == num_examples:
             break
         steps = rng.randint(min_steps, max_steps)
-        prompt, lines, answer = _make_problem(rng, steps)
+        prompt, lines, answer = _make_problem(rng, steps, numbers)
         if prompt in prompts:
             continue
         prompts.add(prompt)
@@ -257,7 +275,8 @@ def arithmetic_task(
 
 
 def arithmetic_splits(
-    num_train: int, num_eval: int, seed: int, *, min_steps: int = 1, max_steps: int = 2
+    num_train: int, num_eval: int, seed: int, *, min_steps: int = 1, max_steps: int = 2,
+    numbers: NumberRange = DEFAULT_NUMBERS,
 ) -> tuple[list[Example], list[Example]]:
     """Disjoint (train, eval) lists: no prompt appears in both.
 
@@ -267,6 +286,6 @@ def arithmetic_splits(
     if num_train < 0 or num_eval < 0:
         raise ValueError(f"split sizes must be >= 0, got {num_train} and {num_eval}")
     examples = arithmetic_task(
-        num_train + num_eval, seed=seed, min_steps=min_steps, max_steps=max_steps
+        num_train + num_eval, seed=seed, min_steps=min_steps, max_steps=max_steps, numbers=numbers
     )
     return examples[:num_train], examples[num_train:]
