@@ -1,6 +1,7 @@
-"""Data parallelism adds data and changes nothing else: ``accelerate launch --cpu --num_processes 2``
-(gloo) runs the step one process runs with the same global batch: the same rollouts, the same
-metrics and the same weights (fp32 tolerance), and a run resumes under another process count."""
+"""Data parallelism adds data and changes nothing else: two processes on this CPU (``accelerate
+launch --multi_gpu --num_processes 2``, gloo; FSDP2 with ``recipes/accelerate/fsdp2_cpu.yaml``) run
+the step one process runs with the same global batch: the same rollouts, the same metrics and the
+same weights (fp32 tolerance), and a run resumes under another process count."""
 
 from __future__ import annotations
 
