@@ -55,12 +55,16 @@ METHODS = SEEDED + SINGLE
 SEEDS = (0, 1, 2)
 LABELS = {"sft": "SFT", "grpo": "GRPO", "two_stage": "SFT then GRPO", "luffy": "LUFFY", "srft": "SRFT",
           "sasr": "SASR", "static_mix": "static mix", "chord": "CHORD", "hpt": "HPT"}
-# budgets that the methods' defaults state in steps of a long run, scaled to this one
-SCALED = {
-    "two_stage": {"two_stage": {"sft_steps": STEPS // 2}},
-    "sasr": {"sasr": {"warmup_steps": 3}},
-    "chord": {"chord": {"mu_warmup_steps": 3, "mu_decay_steps": STEPS // 2}},
-}
+
+
+def scaled(method: str, steps: int) -> dict:
+    """Budgets that a method's defaults state in steps of a long run, scaled to a run of ``steps``
+    (the sweep's shorter runs included, so that they exercise every phase too)."""
+    return {
+        "two_stage": {"two_stage": {"sft_steps": steps // 2}},
+        "sasr": {"sasr": {"warmup_steps": max(1, steps // 5)}},
+        "chord": {"chord": {"mu_warmup_steps": max(1, steps // 5), "mu_decay_steps": steps // 2}},
+    }.get(method, {})
 
 
 def method_recipe(method: str, root: Path, out: Path, *, seed: int, learning_rate: float, steps: int,
@@ -83,8 +87,7 @@ def method_recipe(method: str, root: Path, out: Path, *, seed: int, learning_rat
                   "learning_rate": learning_rate, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 2,
                   "max_grad_norm": 1.0, "seed": seed, "save_every": 4, "keep_checkpoints": 1},
     }
-    for section, values in SCALED.get(method, {}).items():
-        recipe[section] = values
+    recipe.update(scaled(method, steps))
     return recipe
 
 
@@ -262,9 +265,11 @@ def setup_text() -> str:
         f"and {DEMOS} demonstration per prompt (where the method uses them), sampling at temperature 1.0 with at most "
         f"{ROLLOUT_TOKENS} new tokens, the `math` reward, the same chat rendering. Each method's other hyperparameters "
         "are its defaults (docs/methods.md); budgets the defaults give in steps of a long run are scaled: "
-        f"two-stage switches to GRPO after {SCALED['two_stage']['two_stage']['sft_steps']} steps, SASR warms up for "
-        f"{SCALED['sasr']['sasr']['warmup_steps']} steps, CHORD's mu rises for "
-        f"{SCALED['chord']['chord']['mu_warmup_steps']} steps and decays over {SCALED['chord']['chord']['mu_decay_steps']}.",
+        f"two-stage switches to GRPO after {scaled('two_stage', STEPS)['two_stage']['sft_steps']} steps, SASR warms up "
+        f"for {scaled('sasr', STEPS)['sasr']['warmup_steps']} steps, CHORD's mu rises for "
+        f"{scaled('chord', STEPS)['chord']['mu_warmup_steps']} steps and decays over "
+        f"{scaled('chord', STEPS)['chord']['mu_decay_steps']} (in the sweep's {SWEEP_STEPS}-step runs: the same "
+        "fractions).",
         f"- Learning rate per method: the best validation accuracy after {SWEEP_STEPS} steps among "
         + ", ".join(f"{r:g}" for r in SWEEP_RATES) + " (ties: the smaller).",
         f"- Evaluation: greedy accuracy (pass@1) and avg@{AVG_SAMPLES} at temperature {AVG_TEMPERATURE}, at most "
