@@ -188,7 +188,7 @@ class TrainConfig:
 
     output_dir: str = "runs/run"
     max_steps: int = 100
-    prompts_per_step: int = 8
+    prompts_per_step: int = 8  # the global batch: under accelerate launch each process takes an equal share
     micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation inside a step)
     learning_rate: float = 1e-6
     lr_scheduler: str = "constant_with_warmup"  # any transformers scheduler name
