@@ -46,7 +46,7 @@ PROMPTS, ROLLOUTS, DEMOS = 4, 4, 1  # per step; per prompt; per prompt
 ROLLOUT_TOKENS, EVAL_TOKENS = 96, 128
 CURVE_EVERY, CURVE_SIZE = 8, 64  # held-out accuracy during training: the first 64 ID problems
 SWEEP_STEPS = 8
-SWEEP_RATES = (1e-5, 3e-5)
+SWEEP_RATES = (1e-5, 3e-5, 1e-4)
 AVG_SAMPLES, AVG_TEMPERATURE = 4, 0.6
 
 SEEDED = ("sft", "grpo", "two_stage", "luffy", "srft", "sasr")  # 3 seeds each
