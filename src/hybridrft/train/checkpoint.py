@@ -190,8 +190,8 @@ def save_checkpoint(
         pause_point("checkpoint_write", step)
         if optimizer is not None:
             write_durably(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
-        for shard in sorted((tmp / "optimizer").glob("*")) if optimizer is None else []:
-            fsync_path(shard)
+        for shard in sorted((tmp / "optimizer").rglob("*")) if optimizer is None else []:
+            fsync_path(shard)  # every process's shard, in whatever folders the engine wrote them
         write_durably(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
         write_durably(tmp / "trainer_state.pt", _torch_bytes({**trainer_state, "rng": rng_states()}))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())

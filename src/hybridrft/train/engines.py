@@ -226,12 +226,10 @@ class Engine:
     def save_sharded_optimizer(self, model, optimizer, folder: Path) -> None:
         """Each process writes its shard of the optimizer state into ``folder`` (torch.distributed.checkpoint).
         Under DeepSpeed the engine writes its own checkpoint there (ZeRO's optimizer partitions, one
-        file per process), every file fsynced as the checkpoint's other files are."""
+        file per process). Rank 0 then fsyncs every file with the rest of the checkpoint."""
         if self.deepspeed:
             model.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
-            self.accelerator.wait_for_everyone()
-            for path in sorted(folder.rglob("*")) if self.accelerator.is_main_process else []:
-                _fsync(path)
+            self.accelerator.wait_for_everyone()  # every shard written before rank 0 completes the checkpoint
             return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -256,14 +254,6 @@ class Engine:
 
 
 DEEPSPEED_TAG = "deepspeed"  # the engine's checkpoint: optimizer/deepspeed/ in a hybridrft checkpoint
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _create_optimizer_state(optimizer) -> None:
