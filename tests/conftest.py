@@ -85,6 +85,24 @@ def brevity(prompts, completions, answer, **columns):
     return [1.0 / (1.0 + len(c)) for c in completions]
 
 
+def shared_prompt_batch(tokenizer):
+    """Five rows over two prompts (groups interleaved, lengths 1-9, the last a demonstration): the
+    shape the shared-prompt forward must handle, with random completion tokens."""
+    import torch
+
+    from hybridrft.rollout import build_rollout_batch
+
+    torch.manual_seed(1)
+    prompts = [tokenizer("Sam has 12 apples. He buys").input_ids, tokenizer("What is 2x").input_ids]
+    lengths = (7, 3, 9, 1, 5)
+    completions = [torch.randint(5, len(tokenizer), (n,)).tolist() for n in lengths]
+    group = [0, 1, 0, 1, 0]
+    return build_rollout_batch(
+        [prompts[g] for g in group], completions, is_demo=[False, False, False, False, True], group=group,
+        reward=[0.0] * 5, truncated=[False] * 5, pad_id=tokenizer.pad_token_id,
+    )
+
+
 def tiny_config(model_dir, output_dir, *overrides):
     """A run config sized for the tiny model: 2 steps of 2 prompts, 6-token completions."""
     from hybridrft.config import load_config

@@ -17,9 +17,6 @@ install it, so there this module is skipped; run it where the extra is installed
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,20 +25,14 @@ from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")
 
-from test_scale import _assert_same_run, _free_port, _one_process, _recipe, _rows
+from test_scale import _assert_same_run, _one_process, _recipe, _rows, accelerate_launch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
 
 def _launch_deepspeed(stage: int, recipe: Path, *args: str) -> None:
     """``accelerate launch --config_file recipes/accelerate/zero{stage}_cpu.yaml`` (2 processes, gloo)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"zero{stage}_cpu.yaml"),
-        "--main_process_port", str(_free_port()), "-m", "hybridrft", "train", str(recipe), *args,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(["--config_file", str(CONFIGS / f"zero{stage}_cpu.yaml")], recipe, *args, env={"DS_ACCELERATOR": "cpu"})
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_llama, tiny_config
+from conftest import build_tiny_llama, shared_prompt_batch, tiny_config
 
 from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.models.loading import enable_activation_checkpointing
@@ -24,25 +24,13 @@ from hybridrft.ops import (
     shared_prompt_logprobs_and_entropy,
     token_logprobs_and_entropy,
 )
-from hybridrft.rollout import HFSampler, NativeSampler, SamplingParams, build_rollout_batch, group_micro_batches
+from hybridrft.rollout import HFSampler, NativeSampler, SamplingParams, group_micro_batches
 from hybridrft.train import Trainer
-
-
-def _batch(tokenizer):
-    torch.manual_seed(1)
-    prompts = [tokenizer("Sam has 12 apples. He buys").input_ids, tokenizer("What is 2x").input_ids]
-    lengths = (7, 3, 9, 1, 5)
-    completions = [torch.randint(5, len(tokenizer), (n,)).tolist() for n in lengths]
-    group = [0, 1, 0, 1, 0]
-    return build_rollout_batch(
-        [prompts[g] for g in group], completions, is_demo=[False, False, False, False, True], group=group,
-        reward=[0.0] * 5, truncated=[False] * 5, pad_id=tokenizer.pad_token_id,
-    )
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_shared_prompt_forward_matches_full_forward(tiny_tokenizer, checkpointing):
-    batch = _batch(tiny_tokenizer)
+    batch = shared_prompt_batch(tiny_tokenizer)
     model = build_tiny_llama(tiny_tokenizer).train()
     if checkpointing:
         enable_activation_checkpointing(model)
@@ -68,7 +56,7 @@ def test_shared_prompt_forward_matches_full_forward(tiny_tokenizer, checkpointin
 
 
 def test_shared_prompt_forward_rejects_groups_with_different_prompts(tiny_tokenizer):
-    batch = _batch(tiny_tokenizer)
+    batch = shared_prompt_batch(tiny_tokenizer)
     model = build_tiny_llama(tiny_tokenizer)
     with pytest.raises(ValueError, match="same prompt"):
         shared_prompt_logprobs_and_entropy(

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_llama, tiny_config
+from conftest import build_tiny_llama, shared_prompt_batch, tiny_config
 
 from hybridrft.config import ConfigError, load_config
 from hybridrft.models import load_policy, load_training_policy, model_in_folder, save_policy
@@ -18,7 +18,7 @@ from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.models.loading import enable_activation_checkpointing
 from hybridrft.models.lora import apply_lora, is_peft_model
 from hybridrft.ops import shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy
-from hybridrft.rollout import NativeSampler, SamplingParams, build_rollout_batch
+from hybridrft.rollout import NativeSampler, SamplingParams
 from hybridrft.train import Trainer, read_metrics
 from hybridrft.train.checkpoint import checkpoint_problems, latest_checkpoint
 
@@ -216,18 +216,6 @@ def test_resume_continues_exactly(method, tiny_model_dir, tmp_path):
 # ------------------------------------------------------------------ the fast paths on a PEFT model
 
 
-def _batch(tokenizer):
-    torch.manual_seed(1)
-    prompts = [tokenizer("Sam has 12 apples. He buys").input_ids, tokenizer("What is 2x").input_ids]
-    lengths = (7, 3, 9, 1, 5)
-    completions = [torch.randint(5, len(tokenizer), (n,)).tolist() for n in lengths]
-    group = [0, 1, 0, 1, 0]
-    return build_rollout_batch(
-        [prompts[g] for g in group], completions, is_demo=[False, False, False, False, True], group=group,
-        reward=[0.0] * 5, truncated=[False] * 5, pad_id=tokenizer.pad_token_id,
-    )
-
-
 def _plain_logprobs(model, input_ids, attention_mask):
     """Token log-probs and entropies from the PEFT model's own full forward (full logits)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
@@ -245,7 +233,7 @@ def test_shared_prompt_forward_matches_plain_forward_on_peft(tiny_tokenizer, che
         enable_activation_checkpointing(model.get_base_model())
     allow_checkpointed_cache(model)
     model.train()
-    batch = _batch(tiny_tokenizer)
+    batch = shared_prompt_batch(tiny_tokenizer)
     mask = batch.loss_mask
     weights = torch.randn(batch.input_ids.shape)
 

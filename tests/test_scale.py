@@ -54,18 +54,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def accelerate_launch(launch: list[str], recipe: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """``accelerate launch LAUNCH -m hybridrft train RECIPE ARGS`` on a free port; it must succeed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port", str(_free_port()),
+        "-m", "hybridrft", "train", str(recipe), *args,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 def _launch(recipe: Path, processes: int, *args: str) -> None:
     """``accelerate launch`` of ``python -m hybridrft train`` as ``processes`` processes; without GPUs
     they run on CPU and talk over gloo. (``accelerate launch --cpu --num_processes N`` starts one
     process unless an MPI launcher is configured, so ``--multi_gpu`` starts them, as torchrun would.)"""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "hybridrft", "train", str(recipe), *args,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch = ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+    accelerate_launch(launch, recipe, *args)
 
 
 def _one_process(recipe: Path, *args: str) -> None:
@@ -161,13 +167,7 @@ FSDP2_CPU = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fs
 
 def _launch_fsdp2(recipe: Path, *args: str) -> None:
     """``accelerate launch --config_file recipes/accelerate/fsdp2_cpu.yaml`` (2 processes, gloo)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CPU),
-        "--main_process_port", str(_free_port()), "-m", "hybridrft", "train", str(recipe), *args,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    accelerate_launch(["--config_file", str(FSDP2_CPU)], recipe, *args)
 
 
 def test_fsdp2_computes_the_one_process_run_saves_full_models_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
