@@ -13,6 +13,8 @@ resumes from its last checkpoint. ``results`` rebuilds docs/RESULTS.md from the 
     python bench/reproduce.py plan                          # what is done, what remains
     nohup python bench/reproduce.py run > bench/out/reproduce.log 2>&1 &
     python bench/reproduce.py run --methods srft,sasr --seeds 0,1
+    python bench/reproduce.py run --threads 1 --methods sft,grpo &   # two jobs share two cores
+    python bench/reproduce.py run --threads 1 --methods srft,sasr &
     python bench/reproduce.py results                       # docs/RESULTS.md and docs/results/*.png
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -122,6 +125,13 @@ def hybridrft(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "hybridrft", *args], check=True, cwd=REPO)
 
 
+def use_threads(threads: int | None) -> None:
+    """Torch threads of every training and evaluation this job starts: two jobs of one thread each
+    share two cores (split the methods between them with ``--methods``)."""
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def train(root: Path, out: Path, recipe: dict) -> None:
     """A training run in ``out``: skipped when finished, resumed when a checkpoint exists."""
     if (out / "final_model").is_dir() and (out / "done.json").is_file():
@@ -131,7 +141,8 @@ def train(root: Path, out: Path, recipe: dict) -> None:
     resume = ["--resume"] if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*")) else []
     started = time.time()
     hybridrft("train", str(out / "recipe.yaml"), "train.overwrite=true", *resume)
-    done = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "last_piece_s": time.time() - started}
+    done = {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "last_piece_s": time.time() - started,
+            "threads": os.environ.get("OMP_NUM_THREADS", "all")}
     (out / "done.json").write_text(json.dumps(done))
 
 
@@ -317,8 +328,11 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "RESULTS.md")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per training/evaluation process (default: all cores)")
     args = parser.parse_args()
     if args.command == "run":
+        use_threads(args.threads)
         run(args.root, [m for m in args.methods.split(",") if m], [int(s) for s in args.seeds.split(",")])
     elif args.command == "results":
         results(args.root, args.doc)
