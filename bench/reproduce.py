@@ -208,7 +208,11 @@ def read_eval(folder: Path) -> dict[str, float] | None:
     return out
 
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95%
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}  # Student's t, 95%
+CLAIMS_TESTED = [("srft", other) for other in ("sft", "grpo", "two_stage", "luffy")] + \
+                [("sasr", other) for other in ("sft", "grpo", "static_mix")]
+METRICS = (("eval-greedy", "id/pass@1", "ID greedy"), ("eval-greedy", "ood/pass@1", "OOD greedy"),
+           ("eval-sampled", "id/avg@4", "ID avg@4"), ("eval-sampled", "ood/avg@4", "OOD avg@4"))
 
 
 def mean_interval(values: list[float]) -> str:
@@ -219,6 +223,37 @@ def mean_interval(values: list[float]) -> str:
         return f"{mean:.1f}"
     half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values)) * 100
     return f"{mean:.1f} ± {half:.1f}"
+
+
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
+    """mean(a) - mean(b) and the half-width of its 95% interval: Student's t with the pooled
+    variance, df = (n_a - 1) + (n_b - 1); a side with one run adds no variance of its own, so the
+    other side's spread stands for both (the one-seed methods)."""
+    df = len(a) + len(b) - 2
+    if not a or not b or df < 1:
+        return None
+    mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
+    pooled = (sum((x - mean_a) ** 2 for x in a) + sum((x - mean_b) ** 2 for x in b)) / df
+    return mean_a - mean_b, T_975.get(df, 1.96) * math.sqrt(pooled * (1 / len(a) + 1 / len(b)))
+
+
+def claim_table(root: Path) -> list[str]:
+    """One row per ordering the papers claim: the difference in points and whether it holds here."""
+    scores = {m: {key: [r[key] for o in sorted((root / "runs").glob(f"{m}-seed*")) if (r := read_eval(o / folder))]
+                  for folder, key, _ in METRICS} for m in METHODS}
+    lines = ["| claim | " + " | ".join(label for _, _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for better, other in CLAIMS_TESTED:
+        cells = []
+        for _, key, _ in METRICS:
+            found = difference_interval(scores[better][key], scores[other][key])
+            if found is None:
+                cells.append("n/a")
+                continue
+            diff, half = found[0] * 100, found[1] * 100
+            verdict = "holds" if diff - half > 0 else "reversed" if diff + half < 0 else "not separable"
+            cells.append(f"{diff:+.1f} ± {half:.1f} ({verdict})")
+        lines.append(f"| {LABELS[better]} > {LABELS[other]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def run_costs(out: Path) -> dict[str, float]:
@@ -255,9 +290,13 @@ def results(root: Path, doc: Path) -> None:
     plots = draw_plots(root, doc.parent / "results")
     text = (REPO / "bench" / "reproduce_results.md").read_text()
     text = text.replace("{{TABLE}}", "\n".join(lines)).replace("{{SWEEPS}}", "\n".join(sweeps) or "(not run yet)")
-    text = text.replace("{{SETUP}}", setup_text())
+    text = text.replace("{{SETUP}}", setup_text()).replace("{{ORDERINGS}}", "\n".join(claim_table(root)))
+    threads = sorted({json.loads((o / "done.json").read_text()).get("threads", "all")
+                      for o in (root / "runs").glob("*-seed*") if (o / "done.json").is_file()})
+    text = text.replace("{{THREADS}}", ", ".join(threads) or "n/a")
     text = text.replace("{{PLOTS}}", "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)")
     text = text.replace("{{CLAIMS}}", written_claims(doc))
+    doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote {doc}")
 
