@@ -106,6 +106,20 @@ def _prompts(tokenizer):
     return [tokenizer(t).input_ids for t in texts]
 
 
+def test_fast_paths_hand_the_cache_over_without_deprecated_keywords(tiny_tokenizer):
+    """transformers renamed ``past_key_values`` to ``cache`` and will drop the old name; the sampler
+    and the shared-prompt forward use whichever name the installed version's forward takes."""
+    import warnings
+
+    model = build_tiny_llama(tiny_tokenizer)
+    batch = shared_prompt_batch(tiny_tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        NativeSampler(model, tiny_tokenizer).generate(_prompts(tiny_tokenizer), SamplingParams(n=2, max_new_tokens=4))
+        shared_prompt_logprobs_and_entropy(model, batch.input_ids, batch.attention_mask, batch.loss_mask, batch.group)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
 @pytest.mark.parametrize("batch_size", [4, 64], ids=["split-prompts", "one-batch"])
 def test_native_greedy_matches_transformers_generate(tiny_tokenizer, batch_size):
     model = build_tiny_llama(tiny_tokenizer)

@@ -21,6 +21,9 @@ count from each row's own prompt length, so every token sees exactly its own pro
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -78,6 +81,20 @@ class _DecodeLayer(DynamicLayer):
         self.key_buffer = self.key_buffer.index_select(0, index)
         self.value_buffer = self.value_buffer.index_select(0, index)
         self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward_owner: type) -> str:
+    accepted = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in accepted else "past_key_values"
+
+
+def with_cache(module: torch.nn.Module, cache: Cache) -> dict[str, Cache]:
+    """The keyword argument that hands ``cache`` to ``module``'s forward: ``cache`` where the
+    installed transformers names it so, ``past_key_values`` (deprecated there) where it does not.
+    A PEFT wrapper passes keywords through to its base model, whose forward decides."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    return {_cache_keyword(type(base)): cache}
 
 
 def capture_cache() -> Cache:

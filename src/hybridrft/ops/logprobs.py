@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache, repeat_rows
+from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache, repeat_rows, with_cache
 
 
 def logprobs_and_entropy_from_logits(
@@ -223,7 +223,7 @@ def shared_prompt_logprobs_and_entropy(
     prompt_mask = positions[None] < prompt_lengths[firsts][:, None]
     prompt_ids = input_ids[firsts, :prompt_width].masked_fill(~prompt_mask, 0)
     cache = capture_cache()
-    prompt_hidden = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.long(), past_key_values=cache, use_cache=False).last_hidden_state
+    prompt_hidden = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.long(), **with_cache(decoder, cache), use_cache=False).last_hidden_state
     last_hidden = prompt_hidden[torch.arange(len(firsts), device=input_ids.device), prompt_lengths[firsts] - 1]
     prefix = expand_prefix(captured(cache), counts)
 
@@ -238,7 +238,7 @@ def shared_prompt_logprobs_and_entropy(
         input_ids=completion_ids,
         attention_mask=torch.cat([prompt_mask.repeat_interleave(counts, dim=0), completion_mask], dim=1).long(),
         position_ids=ordered_prompt[:, None] + offsets,
-        past_key_values=prefix_cache(prefix),
+        **with_cache(decoder, prefix_cache(prefix)),
         use_cache=False,  # the caches are passed in and read (or recorded) all the same
     ).last_hidden_state
     # position j of a completion is predicted by the hidden state before it

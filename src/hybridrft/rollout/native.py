@@ -22,7 +22,14 @@ from contextlib import contextmanager
 
 import torch
 
-from hybridrft.models.kv_cache import capture_cache, captured, decode_cache, expand_prefix, select_decode_rows
+from hybridrft.models.kv_cache import (
+    capture_cache,
+    captured,
+    decode_cache,
+    expand_prefix,
+    select_decode_rows,
+    with_cache,
+)
 from hybridrft.rollout.sampler import Completion, SamplingParams, TokenSampler, per_prompt_seeds
 
 COMPACT_WHEN_FINISHED = 0.25  # compact once this fraction of the rows in the batch has finished
@@ -150,9 +157,8 @@ class NativeSampler(TokenSampler):
         for k, (index, _, _) in enumerate(chunk):
             ids[k, : len(prompts[index])] = torch.tensor(prompts[index], device=device)
         cache = capture_cache()
-        hidden = self.model.get_decoder()(
-            input_ids=ids, attention_mask=prompt_mask.long(), past_key_values=cache, use_cache=True
-        ).last_hidden_state
+        decoder = self.model.get_decoder()
+        hidden = decoder(input_ids=ids, attention_mask=prompt_mask.long(), **with_cache(decoder, cache), use_cache=True).last_hidden_state
         last = hidden[torch.arange(len(chunk), device=device), lengths - 1]
         logits = self.model.get_output_embeddings()(last).repeat_interleave(counts, dim=0)
         budget = params.max_new_tokens
@@ -190,7 +196,7 @@ class NativeSampler(TokenSampler):
                 input_ids=chosen[:, None],
                 attention_mask=mask[:, : width + t + 1],
                 position_ids=(prompt_lengths + t)[:, None],
-                past_key_values=cache,
+                **with_cache(self.model, cache),
                 use_cache=True,
             ).logits[:, -1]
 
