@@ -266,6 +266,8 @@ def test_eval_writes_results_and_generations(tmp_path, tiny_model_dir, benchmark
 
 
 def test_interrupted_eval_resumes_with_only_the_missing_generations(tmp_path, tiny_model_dir, benchmarks):
+    """Killed half-way through a problem's samples, then resumed: the same records as one straight
+    run with another batch size (a problem's samples depend on the seed and the problem only)."""
     math_file, _ = benchmarks
     out = tmp_path / "out"
     args = [str(tiny_model_dir), "--data", str(math_file), "--samples", "2", "--temperature", "0.8", "--pass-k", "1,2",
@@ -274,7 +276,7 @@ def test_interrupted_eval_resumes_with_only_the_missing_generations(tmp_path, ti
     path = out / "generations" / "custom.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == 8  # 4 problems x 2 samples
-    path.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # killed while writing line 5
+    path.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # killed while writing line 4
 
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -282,8 +284,14 @@ def test_interrupted_eval_resumes_with_only_the_missing_generations(tmp_path, ti
     keys = [(r["id"], r["sample"]) for r in records]
     assert len(keys) == 8 and set(keys) == {(f"gsm8k-{i}", s) for i in range(4) for s in range(2)}
     summary = json.loads((out / "results.json").read_text())["benchmarks"]["custom"]
-    assert (summary["generated_this_run"], summary["reused"]) == (4, 4)
+    assert (summary["generated_this_run"], summary["reused"]) == (5, 3)
     assert list(summary["metrics"]) == ["avg@2", "pass@1", "pass@2"]
+
+    straight = tmp_path / "straight"
+    assert runner.invoke(app, [*args[:-4], "--batch-size", "8", "-o", str(straight)]).exit_code == 0
+    by_key = lambda rows: {(r["id"], r["sample"]): r["completion"] for r in rows}  # noqa: E731
+    assert by_key(records) == by_key(read_generations(straight / "generations" / "custom.jsonl"))
+    assert len(set(by_key(records).values())) > 1  # sampled: the comparison is not between constants
 
     assert runner.invoke(app, args).exit_code == 0  # complete: nothing left to generate
     assert json.loads((out / "results.json").read_text())["generated_this_run"] == 0

@@ -3,8 +3,10 @@
 Every generation (a :class:`~hybridrft.eval.records.GenerationRecord`, the record training-time
 evaluation writes too) is appended to ``generations/<benchmark>.jsonl`` as soon as its batch is scored
 and the file is flushed, so an interrupted evaluation loses at most the batch in flight. On the next
-run the file is read back, a half-written last line is cut off, and only the missing
-``(problem, sample)`` pairs are generated. Each line carries the settings it was made with; a file
+run the file is read back, a half-written last line is cut off, and only the problems with missing
+samples are generated again (keeping the missing samples). A problem's samples come from one call
+that shares their prompt pass, seeded by the problem alone, so a resumed evaluation writes the same
+samples an uninterrupted one would. Each line carries the settings it was made with; a file
 written with other settings (another model, temperature, budget, seed) is an error rather than a
 silent mix.
 """
@@ -138,6 +140,12 @@ def _existing_records(path: Path, examples: list[Example], samples: int, setting
     return existing
 
 
+def problem_seed(seed: int, benchmark: str, problem_id: str) -> int:
+    """The sampling seed of one problem's samples: a function of the run's seed and the problem
+    alone, so a problem gets the same samples whatever else shares its batch."""
+    return zlib.crc32(f"{seed}/{benchmark}/{problem_id}".encode())
+
+
 def score_completions(answer_type: str, examples: list[Example], texts: list[str]) -> tuple[list[float], list[str | None]]:
     """Scores (math reward or choice reward) and the extracted final answers, one per text."""
     prompts = [example.prompt for example in examples]
@@ -188,21 +196,28 @@ def run_benchmark(
     if overwrite and path.exists():
         path.unlink()
     existing = _existing_records(path, examples, samples, settings)
-    jobs = [(i, s) for i, example in enumerate(examples) for s in range(samples) if (example.id, s) not in existing.records]
-    hooks.start(benchmark.name, len(examples) * samples, len(examples) * samples - len(jobs))
+    missing = {i: [s for s in range(samples) if (example.id, s) not in existing.records] for i, example in enumerate(examples)}
+    pending = [i for i in range(len(examples)) if missing[i]]
+    generated = sum(len(missing[i]) for i in pending)
+    hooks.start(benchmark.name, len(examples) * samples, len(examples) * samples - generated)
+    # all samples of a problem in one call: one prompt pass serves them all
     params = SamplingParams(
-        n=1, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens
+        n=samples, temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens
     )
+    problems_per_call = max(1, batch_size // samples)
     records = dict(existing.records)
     with path.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            chunk_examples = [examples[i] for i, _ in chunk]
-            first = chunk_examples[0]
-            seed = zlib.crc32(f"{settings.seed}/{benchmark.name}/{first.id}/{chunk[0][1]}".encode())
-            completions = sampler.generate([prompt_ids[i] for i, _ in chunk], params, seed=seed)
-            scores, extracted = score_completions(benchmark.answer_type, chunk_examples, [c.text for c in completions])
-            for (i, sample), completion, score, answer in zip(chunk, completions, scores, extracted):
+        for start in range(0, len(pending), problems_per_call):
+            chunk = pending[start : start + problems_per_call]
+            seeds = [problem_seed(settings.seed, benchmark.name, examples[i].id) for i in chunk]
+            completions = sampler.generate([prompt_ids[i] for i in chunk], params, seeds=seeds)
+            # a resumed problem draws all its samples again and keeps the missing ones, which are
+            # then the very samples an uninterrupted run made
+            wanted = [(i, s, completions[k * samples + s]) for k, i in enumerate(chunk) for s in missing[i]]
+            scores, extracted = score_completions(
+                benchmark.answer_type, [examples[i] for i, _, _ in wanted], [c.text for _, _, c in wanted]
+            )
+            for (i, sample, completion), score, answer in zip(wanted, scores, extracted):
                 record = generation_record(
                     examples[i], sample, completion, score, answer,
                     correct_threshold=correct_threshold, settings=settings.as_dict(),
@@ -210,7 +225,7 @@ def run_benchmark(
                 records[(examples[i].id, sample)] = record
                 handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
             handle.flush()
-            hooks.advance(len(chunk))
+            hooks.advance(len(wanted))
 
     counts = []
     for example in examples:
@@ -231,7 +246,7 @@ def run_benchmark(
         truncated=sum(r.truncated for r in all_records) / total,
         answered=sum(r.extracted is not None for r in all_records) / total,
         max_new_tokens=settings.max_new_tokens,
-        generated_this_run=len(jobs),
+        generated_this_run=generated,
         reused=len(existing.records),
         skipped_prompts=len(benchmark.examples) - len(examples),
         generations=str(Path(GENERATIONS_DIR) / path.name),
