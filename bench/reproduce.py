@@ -290,7 +290,7 @@ def results(root: Path, doc: Path) -> None:
     plots = draw_plots(root, doc.parent / "results")
     text = (REPO / "bench" / "reproduce_results.md").read_text()
     text = text.replace("{{TABLE}}", "\n".join(lines)).replace("{{SWEEPS}}", "\n".join(sweeps) or "(not run yet)")
-    text = text.replace("{{SETUP}}", setup_text()).replace("{{ORDERINGS}}", "\n".join(claim_table(root)))
+    text = text.replace("{{STATUS}}", status_line(root)).replace("{{SETUP}}", setup_text()).replace("{{ORDERINGS}}", "\n".join(claim_table(root)))
     threads = sorted({json.loads((o / "done.json").read_text()).get("threads", "all")
                       for o in (root / "runs").glob("*-seed*") if (o / "done.json").is_file()})
     text = text.replace("{{THREADS}}", ", ".join(threads) or "n/a")
@@ -350,6 +350,23 @@ def draw_plots(root: Path, folder: Path) -> list[Path]:
         if (report / "plots" / f"{name}.png").is_file():
             kept.append(Path(shutil.copy(report / "plots" / f"{name}.png", folder / f"{name}.png")))
     return kept
+
+
+def progress(root: Path) -> tuple[int, int, int, int]:
+    """(sweep runs finished, sweep runs in all, main runs evaluated, main runs in all)."""
+    swept = [(root / "sweep" / f"{m}-lr{r:g}" / "done.json").is_file() for m in METHODS for r in SWEEP_RATES]
+    runs = [(root / "runs" / f"{m}-seed{s}" / "eval-sampled" / "done").is_file()
+            for m in METHODS for s in (SEEDS if m in SEEDED else SEEDS[:1])]
+    return sum(swept), len(swept), sum(runs), len(runs)
+
+
+def status_line(root: Path) -> str:
+    swept, sweeps, done, runs = progress(root)
+    if swept == sweeps and done == runs:
+        return f"The study is complete: {sweeps} sweep runs and {runs} runs, every one evaluated."
+    return (f"**The study is still running**: {swept} of {sweeps} sweep runs and {done} of {runs} runs are "
+            "finished, and the table below holds only those (see the seeds column). The claims are judged "
+            "once every run is in.")
 
 
 def plan(root: Path) -> None:
