@@ -3,7 +3,7 @@
 A step's rollouts come in groups: ``n`` completions of the same prompt. Running the prompt once and
 letting every completion attend to its keys and values saves ``(n - 1) / n`` of the prompt work, in
 sampling and in training alike. These are ``transformers`` cache objects, so any decoder whose
-attention calls ``past_key_values.update`` (Llama, Qwen2, Mistral without sliding windows, ...)
+attention calls its cache's ``update`` (Llama, Qwen2, Mistral without sliding windows, ...)
 works unchanged:
 
 * ``capture_cache()`` records each layer's keys and values of a prompt pass. It overwrites instead
