@@ -358,12 +358,17 @@ def draw_plots(root: Path, folder: Path) -> list[Path]:
     return kept
 
 
-def progress(root: Path) -> tuple[int, int, int, int]:
-    """(sweep runs finished, sweep runs in all, main runs evaluated, main runs in all)."""
-    swept = [(root / "sweep" / f"{m}-lr{r:g}" / "done.json").is_file() for m in METHODS for r in SWEEP_RATES]
-    runs = [(root / "runs" / f"{m}-seed{s}" / "eval-sampled" / "done").is_file()
-            for m in METHODS for s in (SEEDS if m in SEEDED else SEEDS[:1])]
+def method_progress(root: Path, method: str) -> tuple[int, int, int, int]:
+    """(sweep runs finished, sweep runs in all, runs evaluated, runs in all) of one method."""
+    swept = [(root / "sweep" / f"{method}-lr{r:g}" / "done.json").is_file() for r in SWEEP_RATES]
+    runs = [(root / "runs" / f"{method}-seed{s}" / "eval-sampled" / "done").is_file()
+            for s in (SEEDS if method in SEEDED else SEEDS[:1])]
     return sum(swept), len(swept), sum(runs), len(runs)
+
+
+def progress(root: Path) -> tuple[int, int, int, int]:
+    """The same four counts over every method."""
+    return tuple(map(sum, zip(*(method_progress(root, m) for m in METHODS))))
 
 
 def status_line(root: Path) -> str:
@@ -377,10 +382,8 @@ def status_line(root: Path) -> str:
 
 def plan(root: Path) -> None:
     for method in METHODS:
-        swept = [(root / "sweep" / f"{method}-lr{r:g}" / "done.json").is_file() for r in SWEEP_RATES]
-        runs = [(root / "runs" / f"{method}-seed{s}" / "eval-sampled" / "done").is_file()
-                for s in (SEEDS if method in SEEDED else SEEDS[:1])]
-        print(f"{method:12s} sweep {sum(swept)}/{len(swept)}  runs evaluated {sum(runs)}/{len(runs)}")
+        swept, sweeps, done, runs = method_progress(root, method)
+        print(f"{method:12s} sweep {swept}/{sweeps}  runs evaluated {done}/{runs}")
 
 
 def main() -> None:
