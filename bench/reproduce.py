@@ -264,18 +264,26 @@ def claim_table(root: Path) -> list[str]:
 
 def run_costs(out: Path) -> dict[str, float]:
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train"]
+    # A group whose rollouts all fail has zero advantage: its step teaches the RL term nothing.
+    groups = [1.0 - r["groups/none_correct"] for r in rows if "groups/none_correct" in r]
     return {"generated": sum(r.get("tokens/generated", 0) for r in rows),
             "trained": sum(r.get("tokens/trained", 0) for r in rows),
-            "seconds": sum(r.get("time/step", 0.0) for r in rows)}
+            "seconds": sum(r.get("time/step", 0.0) for r in rows),
+            "rewarded": statistics.fmean(groups) if groups else math.nan}
+
+
+def rewarded_cell(costs: list[dict[str, float]]) -> str:
+    rewarded = [c["rewarded"] for c in costs if not math.isnan(c["rewarded"])]
+    return f"{statistics.fmean(rewarded) * 100:.0f}%" if rewarded else "-"
 
 
 def results(root: Path, doc: Path) -> None:
     base_greedy, base_sampled = read_eval(root / "base" / "eval-greedy"), read_eval(root / "base" / "eval-sampled")
-    lines = ["| method | seeds | lr | ID greedy | OOD greedy | ID avg@4 | OOD avg@4 | generated tokens | trained tokens | train time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | lr | ID greedy | OOD greedy | ID avg@4 | OOD avg@4 | generated tokens | trained tokens | train time | rewarded groups |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     if base_greedy:
         lines.append(f"| base model (before) | - | - | {base_greedy['id/pass@1'] * 100:.1f} | {base_greedy['ood/pass@1'] * 100:.1f} | "
-                     f"{(base_sampled or {}).get('id/avg@4', math.nan) * 100:.1f} | {(base_sampled or {}).get('ood/avg@4', math.nan) * 100:.1f} | - | - | - |")
+                     f"{(base_sampled or {}).get('id/avg@4', math.nan) * 100:.1f} | {(base_sampled or {}).get('ood/avg@4', math.nan) * 100:.1f} | - | - | - | - |")
     for method in METHODS:
         outs = sorted((root / "runs").glob(f"{method}-seed*"))
         greedy = [g for o in outs if (g := read_eval(o / "eval-greedy"))]
@@ -289,7 +297,7 @@ def results(root: Path, doc: Path) -> None:
             f"| {LABELS[method]} | {len(greedy)} | {choice:g} | {mean_interval([g['id/pass@1'] for g in greedy])} | "
             f"{mean_interval([g['ood/pass@1'] for g in greedy])} | {mean_interval([s['id/avg@4'] for s in sampled])} | "
             f"{mean_interval([s['ood/avg@4'] for s in sampled])} | {mean('generated'):,.0f} | {mean('trained'):,.0f} | "
-            f"{mean('seconds') / 60:.1f} min |"
+            f"{mean('seconds') / 60:.1f} min | {rewarded_cell(costs)} |"
         )
     sweeps = [f"- {LABELS[m]}: " + ", ".join(f"{k}: {v * 100:.1f}%" for k, v in json.loads(p.read_text())["scores"].items())
               for m in METHODS if (p := root / "sweep" / f"{m}.json").is_file()]

@@ -69,3 +69,18 @@ def test_claim_table_reads_the_evaluations_and_states_verdicts(reproduce, tmp_pa
     assert cells[1] == "+0.0 ± 0.0 (not separable)"
     assert cells[3].endswith("(not separable)")
     assert rows["SRFT > GRPO"].count("n/a") == len(reproduce.METRICS)
+
+
+def test_run_costs_sum_the_training_steps_and_count_rewarded_groups(reproduce, tmp_path):
+    rows = [{"kind": "eval", "step": 0, "eval/accuracy": 0.0},
+            {"kind": "train", "step": 1, "tokens/generated": 100, "tokens/trained": 300, "time/step": 2.0,
+             "groups/none_correct": 1.0},
+            {"kind": "train", "step": 2, "tokens/trained": 50, "time/step": 1.0},  # an SFT step: no groups
+            {"kind": "train", "step": 3, "tokens/generated": 80, "tokens/trained": 200, "time/step": 3.0,
+             "groups/none_correct": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    costs = reproduce.run_costs(tmp_path)
+    assert (costs["generated"], costs["trained"], costs["seconds"]) == (180, 550, 6.0)
+    assert costs["rewarded"] == pytest.approx(0.25)
+    assert reproduce.rewarded_cell([costs, {"rewarded": float("nan")}]) == "25%"
+    assert reproduce.rewarded_cell([reproduce.run_costs(tmp_path / "none")]) == "-"
