@@ -8,7 +8,9 @@ held-out set and on an out-of-distribution set of harder problems, neither ever 
 
 The study is a sum of resumable pieces: each piece (a sweep run, a training run, an evaluation)
 lives in its own folder under ``--root`` and is skipped once finished; a killed training run
-resumes from its last checkpoint. ``results`` rebuilds docs/RESULTS.md from the folders.
+resumes from its last checkpoint. ``results`` rebuilds docs/RESULTS.md from the folders. The
+whole study took about 5.4 h of wall-clock on 2 cores, mostly as two one-thread jobs side by side;
+evaluation is about two thirds of it (docs/RESULTS.md, "Cost").
 
     python bench/reproduce.py plan                          # what is done, what remains
     nohup python bench/reproduce.py run > bench/out/reproduce.log 2>&1 &
