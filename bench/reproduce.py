@@ -266,7 +266,7 @@ def claim_table(root: Path) -> list[str]:
 
 def run_costs(out: Path) -> dict[str, float]:
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train"]
-    # A group whose rollouts all fail has zero advantage: its step teaches the RL term nothing.
+    # A group whose rollouts all fail has zero GRPO advantage (demonstrations in the group aside).
     groups = [1.0 - r["groups/none_correct"] for r in rows if "groups/none_correct" in r]
     return {"generated": sum(r.get("tokens/generated", 0) for r in rows),
             "trained": sum(r.get("tokens/trained", 0) for r in rows),
