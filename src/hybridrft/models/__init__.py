@@ -12,7 +12,7 @@ from hybridrft.models.loading import (
     resolve_model_path,
     save_policy,
 )
-from hybridrft.models.lora import apply_lora, is_peft_model
+from hybridrft.models.lora import apply_lora, inference_weights, is_peft_model
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -20,6 +20,7 @@ __all__ = [
     "apply_lora",
     "cache_dir",
     "clear_quantization_flags",
+    "inference_weights",
     "is_peft_model",
     "load_policy",
     "load_tokenizer",

@@ -168,3 +168,9 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
         weight = layer.get_base_layer().weight
         state[f"{name}.weight"] = (weight + layer.get_delta_weight(adapter)).to(weight.dtype)  # as PEFT's merge rounds
     return state
+
+
+def inference_weights(model) -> dict[str, torch.Tensor]:
+    """The weights an inference engine (the vLLM sampler) loads for ``model``, under the base model's
+    names: its state dict, or under LoRA the merged weights (``merged_state_dict``)."""
+    return merged_state_dict(model) if is_peft_model(model) else model.state_dict()

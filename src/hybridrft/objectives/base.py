@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from hybridrft.config import Config, register_method_section
-from hybridrft.ops import MaskTotals, aggregate, k3_kl
+from hybridrft.ops import MaskTotals, aggregate, k3_kl, rollout_importance_weights, sampler_mismatch
 from hybridrft.rollout import RolloutBatch
 
 SFT, RL, MIXED = "sft", "rl", "mixed"
@@ -192,6 +192,32 @@ class Objective(ABC):
         if batch.ref_logp is not None:
             kl = k3_kl(out.logp.detach(), batch.ref_logp)
             metrics["kl/initial_policy"] = masked_token_mean(kl, batch.masks[COMPLETIONS], totals[COMPLETIONS])
+        if batch.sampler_logp is not None and totals[ROLLOUT].num_tokens:
+            metrics.update(self.mismatch_metrics(batch, out, totals))
+        return metrics
+
+    def mismatch_metrics(self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals) -> dict[str, torch.Tensor]:
+        """The training-inference mismatch on rollout tokens: the sampler's log-probs against the
+        trainer's ``pi_old`` (stored old log-probs, else the current ones before this update), as the
+        mean and max absolute difference and the k3 KL(sampler || trainer); with ``grpo.rollout_is``,
+        the mean importance weight and the share of tokens whose weight was truncated or masked."""
+        mask, rollout = batch.masks[ROLLOUT], totals[ROLLOUT]
+        trainer_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+        abs_diff, k3 = sampler_mismatch(trainer_logp, batch.sampler_logp)
+        metrics = {
+            "mismatch/logp_abs_diff": masked_token_mean(abs_diff, mask, rollout),
+            "mismatch/k3_kl": masked_token_mean(k3, mask, rollout),
+        }
+        if mask.any():  # reduced with max over micro-batches and processes (the _max suffix)
+            metrics["mismatch/logp_abs_diff_max"] = abs_diff[mask].max()
+        grpo = self.config.grpo
+        if grpo.rollout_is != "none":
+            weights = rollout_importance_weights(trainer_logp, batch.sampler_logp, mask, mode=grpo.rollout_is, cap=grpo.rollout_is_cap)
+            level = grpo.rollout_is.split("_")[0]  # the uncorrected ratios at the same level: no cap
+            ratios = rollout_importance_weights(trainer_logp, batch.sampler_logp, mask, mode=f"{level}_truncate", cap=float("inf"))
+            changed = weights != ratios
+            metrics["rollout_is/weight_mean"] = masked_token_mean(weights, mask, rollout)
+            metrics["rollout_is/capped_frac"] = masked_token_mean(changed.float(), mask, rollout)
         return metrics
 
 

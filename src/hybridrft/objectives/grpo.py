@@ -28,7 +28,7 @@ from hybridrft.objectives.base import (
     masked_token_mean,
     register_objective,
 )
-from hybridrft.ops import clipped_surrogate, group_advantages
+from hybridrft.ops import clipped_surrogate, group_advantages, rollout_importance_weights
 from hybridrft.rollout import RolloutBatch
 
 
@@ -45,18 +45,39 @@ def group_advantage(batch: RolloutBatch, group: GroupConfig, *, demos_in_stats: 
     )
 
 
+def rollout_correction(cfg, batch: RolloutBatch, out: PolicyOutputs) -> torch.Tensor | None:
+    """The truncated importance weights ``[B, T]`` of the rollout tokens' policy-gradient terms
+    (``grpo.rollout_is``; ops/rollout_correction.py), or None when the correction is off.
+    ``pi_old`` is the stored behaviour log-prob, or the detached current one when each batch is used once."""
+    if cfg.rollout_is == "none":
+        return None
+    if batch.sampler_logp is None:
+        raise ValueError(
+            f"grpo.rollout_is={cfg.rollout_is} needs the sampler's log-probs of the rollout tokens; the "
+            "native and vllm samplers record them when sampling (rollout.temperature > 0), the hf sampler does not"
+        )
+    old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+    rollout = batch.loss_mask & ~batch.is_demo.unsqueeze(-1)
+    return rollout_importance_weights(old_logp, batch.sampler_logp, rollout, mode=cfg.rollout_is, cap=cfg.rollout_is_cap)
+
+
 def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token GRPO clipped surrogate ``[B, T]`` and the clipped-branch flags, for any rows.
 
     With ``grpo.clip = false`` the plain importance-weighted term ``-rho_t A`` (no token clipped),
-    as the released LUFFY, SRFT and HPT scripts run it (``loss_remove_clip=True``)."""
+    as the released LUFFY, SRFT and HPT scripts run it (``loss_remove_clip=True``). With
+    ``grpo.rollout_is`` each rollout token's term is multiplied by its truncated importance weight
+    ``pi_old / pi_sampler`` (as TRL multiplies its per-token loss; demonstration rows keep weight 1)."""
     old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
     if not cfg.clip:
         ratio = torch.exp(out.logp - old_logp)
-        return -ratio * batch.advantage.unsqueeze(-1), torch.zeros_like(out.logp, dtype=torch.bool)
-    return clipped_surrogate(
-        out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
-    )
+        per_token, clipped = -ratio * batch.advantage.unsqueeze(-1), torch.zeros_like(out.logp, dtype=torch.bool)
+    else:
+        per_token, clipped = clipped_surrogate(
+            out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
+        )
+    weights = rollout_correction(cfg, batch, out)
+    return (per_token if weights is None else per_token * weights), clipped
 
 
 def grpo_loss(

@@ -34,6 +34,9 @@ rewards that are not all 0 or the threshold) the rollouts with positive advantag
 ``+logp_t`` is unbounded below (nothing in the re-implementation's script clamps it), so the smallest
 log-prob on a negative rollout is logged every step (``srft/negative_logp_min``).
 
+With ``grpo.rollout_is`` (a sampler-trainer mismatch correction, off by default) every rollout
+token's ``L_RL_self`` term is multiplied by its truncated importance weight, as the GRPO term is.
+
 Variants, not found in any public code: ``sft_entropy_sign = +1``, and ``self_rollout_loss =
 "advantage"``, which replaces ``L_RL_self`` by the GRPO clipped term on all rollout tokens, multiplied
 by ``w_RL`` on tokens of positive-advantage rollouts (``y+`` are then the positive-advantage rollouts).
@@ -57,7 +60,7 @@ from hybridrft.objectives.base import (
     register_objective,
     sequence_mask,
 )
-from hybridrft.objectives.grpo import clipped_policy_terms, group_advantage
+from hybridrft.objectives.grpo import clipped_policy_terms, group_advantage, rollout_correction
 from hybridrft.ops import entropy_for_weights, entropy_weight, shaped_probability
 
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -170,7 +173,9 @@ class SRFTObjective(Objective):
             per_token, _ = clipped_policy_terms(self.config.grpo, batch, out)
             rl_self = rl_term(torch.where(masks[POSITIVE], w_rl, torch.ones_like(w_rl)) * per_token, ROLLOUT)
         else:
-            rl_pos, rl_neg = rl_term(w_rl * -logp, POSITIVE), rl_term(logp, NEGATIVE)
+            correction = rollout_correction(self.config.grpo, batch, out)  # grpo.rollout_is; None when off
+            weighted = logp if correction is None else correction * logp
+            rl_pos, rl_neg = rl_term(w_rl * -weighted, POSITIVE), rl_term(weighted, NEGATIVE)
             rl_self = rl_pos + rl_neg
             metrics["loss/rl_self_pos"] = rl_pos.detach()
             metrics["loss/rl_self_neg"] = rl_neg.detach()

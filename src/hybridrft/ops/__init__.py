@@ -19,6 +19,7 @@ from hybridrft.ops.logprobs import (
     token_logprobs_and_entropy,
 )
 from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability, uncertainty_weights
+from hybridrft.ops.rollout_correction import rollout_importance_weights, sampler_mismatch
 from hybridrft.ops.schedules import warmup_cosine
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "k3_kl",
     "logprobs_and_entropy_from_logits",
     "masked_sequence_mean",
+    "rollout_importance_weights",
+    "sampler_mismatch",
     "shaped_probability",
     "token_logprobs_and_entropy",
     "uncertainty_weights",

@@ -21,10 +21,11 @@ class StepSequence:
     text: str
     is_demo: bool
     truncated: bool  # a rollout that hit max_new_tokens without EOS (never a demonstration)
+    sampler_logprobs: list[float] | None = None  # a rollout's per-token log-probs under the sampler, if recorded
 
 
 def rollout_sequences(completions: list[Completion]) -> list[StepSequence]:
-    return [StepSequence(c.prompt_index, c.token_ids, c.text, False, c.truncated) for c in completions]
+    return [StepSequence(c.prompt_index, c.token_ids, c.text, False, c.truncated, c.logprobs) for c in completions]
 
 
 def demonstration_sequences(
@@ -59,6 +60,7 @@ def assemble_batch(
         reward=rewards,
         truncated=[s.truncated for s in sequences],
         pad_id=pad_id,
+        sampler_logprobs=[s.sampler_logprobs for s in sequences],
     )
 
 

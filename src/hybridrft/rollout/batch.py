@@ -25,6 +25,9 @@ class RolloutBatch:
     advantage: torch.Tensor | None = None  # [N] float, set by the objective
     old_logp: torch.Tensor | None = None  # [N, T], when a batch is used for several updates
     ref_logp: torch.Tensor | None = None  # [N, T], reference policy (KL penalty, KL diagnostic)
+    # [N, T], the sampler's log-prob of each rollout token (0 elsewhere), when the sampler records them:
+    # the training-inference mismatch is measured and optionally corrected against it
+    sampler_logp: torch.Tensor | None = None
     # written by the objective's prepare(), read by its loss(): named token masks [N, T] bool and
     # named per-sequence coefficients [N]; both are sliced with the rows like every other field
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -72,7 +75,7 @@ class RolloutBatch:
         return replace(self, **moved)
 
 
-PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp")
+PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp")
 
 
 def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:
@@ -135,13 +138,24 @@ def build_rollout_batch(
     reward: list[float],
     truncated: list[bool],
     pad_id: int,
+    sampler_logprobs: list[list[float] | None] | None = None,
 ) -> RolloutBatch:
-    """Join each prompt with its completion and mark the completion tokens for the loss."""
+    """Join each prompt with its completion and mark the completion tokens for the loss.
+
+    ``sampler_logprobs`` gives each completion's per-token log-probs under the sampler (None for a
+    demonstration); the batch carries them only when every rollout has them."""
     rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
     input_ids, attention_mask = pad_right(rows, pad_id)
     loss_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
         loss_mask[i, len(p) : len(p) + len(c)] = True
+    sampler_logp = None
+    rollouts = [i for i, demo in enumerate(is_demo) if not demo]
+    if sampler_logprobs is not None and rollouts and all(sampler_logprobs[i] is not None for i in rollouts):
+        sampler_logp = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for i in rollouts:
+            start = len(prompt_ids[i])
+            sampler_logp[i, start : start + len(completion_ids[i])] = torch.tensor(sampler_logprobs[i], dtype=torch.float32)
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -150,4 +164,5 @@ def build_rollout_batch(
         group=torch.tensor(group, dtype=torch.long),
         reward=torch.tensor(reward, dtype=torch.float32),
         truncated=torch.tensor(truncated, dtype=torch.bool),
+        sampler_logp=sampler_logp,
     )

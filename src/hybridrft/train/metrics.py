@@ -53,6 +53,8 @@ def mean_over_updates(per_update: list[dict[str, float]]) -> dict[str, float]:
             out[name] = sum(values)
         elif name.endswith("_min"):
             out[name] = min(values)
+        elif name.endswith("_max"):
+            out[name] = max(values)
         else:
             out[name] = sum(values) / len(values)
     return out
@@ -73,6 +75,8 @@ def combine_contributions(per_process: list[dict[str, float]]) -> dict[str, floa
             out[name] = max(values)
         elif name.endswith("_min"):
             out[name] = min(values)
+        elif name.endswith("_max"):
+            out[name] = max(values)
         else:
             out[name] = sum(values)
     return out
@@ -175,4 +179,9 @@ def add_contributions(sums: dict[str, float], terms: dict[str, Any]) -> None:
     """Add a micro-batch's loss terms (contributions to the batch value) into ``sums``; extremes take the extreme."""
     for name, value in terms.items():
         value = float(value)
-        sums[name] = min(sums.get(name, value), value) if name.endswith("_min") else sums.get(name, 0.0) + value
+        if name.endswith("_min"):
+            sums[name] = min(sums.get(name, value), value)
+        elif name.endswith("_max"):
+            sums[name] = max(sums.get(name, value), value)
+        else:
+            sums[name] = sums.get(name, 0.0) + value

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,12 +28,13 @@ from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
 from hybridrft.data.stream import PromptStream, check_process_shares
 from hybridrft.eval import EvalResult, evaluate_sharded
-from hybridrft.models import load_policy, load_tokenizer, load_training_policy
+from hybridrft.models import inference_weights, load_policy, load_tokenizer, load_training_policy
 from hybridrft.models.kv_cache import allow_checkpointed_cache
 from hybridrft.objectives import SFT, BatchTotals, PolicyOutputs, StepPlan, build_objective
 from hybridrft.rewards import get_reward, reward_counters
-from hybridrft.rollout import (RolloutBatch, SamplingParams, assemble_batch, build_sampler, demonstration_sequences,
-                               logged_samples, prompt_set, rollout_sequences, score_sequences, update_parts)
+from hybridrft.rollout import (RolloutBatch, SamplingParams, VLLMSampler, assemble_batch, build_sampler,
+                               demonstration_sequences, logged_samples, prompt_set, rollout_sequences, score_sequences,
+                               update_parts)
 from hybridrft.train import checkpoint as ckpt
 from hybridrft.train.logging import MetricsLogger, StepProgress
 from hybridrft.train.memory import return_freed_blocks_at_once
@@ -66,6 +68,26 @@ class TrainResult:
     evals: dict[int, EvalResult] = field(default_factory=dict)  # step -> held-out result
     final_model: Path | None = None
     is_main_process: bool = True  # rank 0 of a multi-process run writes the report
+
+
+def sampler_context_length(config: Config) -> int:
+    """The longest sequence a sampler is asked for: the longest prompt kept, plus the larger of the
+    rollout and evaluation token budgets (vLLM's default ``max_model_len``)."""
+    budget = max(config.rollout.max_new_tokens, config.eval.max_new_tokens or 0)
+    return config.data.max_prompt_tokens + budget
+
+
+def check_rollout_correction(config: Config) -> None:
+    """``grpo.rollout_is`` needs the sampler's log-probs of what it sampled: a sampler that records
+    them (native, vllm) and sampling (temperature > 0)."""
+    if config.grpo.rollout_is == "none":
+        return
+    if config.rollout.backend == "hf" or config.rollout.temperature <= 0:
+        raise ValueError(
+            f"grpo.rollout_is={config.grpo.rollout_is} weights rollout tokens by pi_old / pi_sampler, which needs "
+            "the sampler's log-probs: use rollout.backend native or vllm with rollout.temperature > 0 "
+            f"(got backend {config.rollout.backend!r}, temperature {config.rollout.temperature})"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -136,8 +158,11 @@ class Trainer:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
+        check_rollout_correction(config)
         self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
-                                     batch_size=config.rollout.generation_batch_size)
+                                     batch_size=config.rollout.generation_batch_size, vllm=config.rollout.vllm,
+                                     max_model_len=sampler_context_length(config))
+        self.weights_version = 0  # optimizer updates taken: a sampler with its own weights copy reloads when it changes
 
         self.step = 0
         self.timer = StepTimer(self.accelerator.device)  # the current step's phases
@@ -205,7 +230,7 @@ class Trainer:
 
         params = SamplingParams(plan.rollouts_per_prompt, rollout.temperature, rollout.top_p, rollout.max_new_tokens)
         # each prompt with its own seed: the same rollouts on any process count
-        with self.timer("generate"), self.engine.whole_parameters(self.model):
+        with self.sampling_weights(self.timer) if params.n > 0 else nullcontext(), self.timer("generate"):
             completions = self.sampler.generate(prompts, params, seeds=share.seeds) if params.n > 0 else []
         ckpt.pause_point("sampling", step)  # test-only: a reliability test kills the process here
         demos, demo_truncated = demonstration_sequences(
@@ -276,6 +301,7 @@ class Trainer:
             grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
             self.engine.step(self.optimizer, take=not skipped)
+        self.weights_version += not skipped
         return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped), **timer.metrics()}
 
     def _record_skipped_step(self, step: int, bad_update: dict[str, float]) -> None:
@@ -299,12 +325,27 @@ class Trainer:
     def _logprobs(self, batch: RolloutBatch, scorer) -> torch.Tensor:
         return batch_logprobs(scorer, batch, self._micro_batches(batch), self.accelerator.device)
 
+    @contextmanager
+    def sampling_weights(self, timer: StepTimer | None = None):
+        """The sampler reads the current weights inside this block. The in-process samplers read the
+        policy itself, whole (gathered under FSDP2 or ZeRO-3) for as long as they sample; the vLLM
+        engine holds a copy, into which the policy's weights (merged under LoRA) are pushed when an
+        update has changed them since the last push, timed as ``time/weight_sync``."""
+        if not isinstance(self.sampler, VLLMSampler):
+            with self.engine.whole_parameters(self.model):
+                yield
+            return
+        if self.sampler.weights_version != self.weights_version:
+            with timer("weight_sync") if timer else nullcontext(), self.engine.whole_parameters(self.model):
+                self.sampler.load_weights(inference_weights(self.policy).items(), version=self.weights_version)
+        yield
+
     # ------------------------------------------------------------------ evaluation and the run
 
     def evaluate(self, on_batch: Callable[[int], None] | None = None) -> EvalResult:
         """Greedy accuracy on the held-out prompts, shared among the processes and gathered."""
         cfg = self.config
-        with self.engine.whole_parameters(self.model):
+        with self.sampling_weights():
             return evaluate_sharded(
                 self.sampler, self.eval_set.examples, self.eval_set.prompt_ids, self.reward_fns,
                 rank=self.processes.rank, count=self.processes.count, gather=self.processes.gather, on_batch=on_batch,
