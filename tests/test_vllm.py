@@ -191,3 +191,24 @@ def test_two_processes_with_an_engine_each_compute_the_one_process_step(vllm_mod
     _assert_same_run(one, two)
     rows = _metrics(two)
     assert all(r["mismatch/logp_abs_diff_max"] < 1e-4 for r in rows)
+
+
+def test_eval_command_samples_with_vllm(vllm_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hybridrft.cli.main import app
+    from hybridrft.eval import read_generations
+
+    data = tmp_path / "bench.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [str(vllm_model_dir), "--data", str(data), "--max-new-tokens", "5", "--samples", "2", "--temperature", "1.0"]
+    runs = []
+    for name in ("a", "b"):  # seeded per problem and sample: two runs write the same generations
+        result = CliRunner().invoke(app, ["eval", *args, "--backend", "vllm", "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        runs.append([(r["id"], r["sample"], r["completion"]) for r in read_generations(tmp_path / name / "generations" / "custom.jsonl")])
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["settings"]["backend"] == "vllm"
+    bad = CliRunner().invoke(app, ["eval", *args, "--backend", "fast", "-o", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "--backend" in bad.output

@@ -131,6 +131,10 @@ def evaluate_command(
     ),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16 | float16."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    backend: str = typer.Option(
+        "native", "--backend",
+        help="Sampler: native (shared prompt pass) | hf (transformers generate) | vllm (a vLLM engine; needs vllm installed).",
+    ),
     list_suites: bool = typer.Option(
         False, "--list-suites", is_eager=True, callback=_list_suites, help="List the built-in suites and exit."
     ),
@@ -152,7 +156,8 @@ def evaluate_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from hybridrft.eval import BenchmarkError, ProgressHooks, results_table
-    from hybridrft.eval.session import EvalOptions, generations_folder, load_model, plan_evaluation, run_evaluation
+    from hybridrft.eval.session import (EvalOptions, context_length, generations_folder, load_model, plan_evaluation,
+                                        run_evaluation)
     from hybridrft.models import ModelNotFoundError
 
     options = EvalOptions(
@@ -160,15 +165,16 @@ def evaluate_command(
         samples=samples, temperature=temperature, top_p=top_p, pass_k=pass_k, max_new_tokens=max_new_tokens,
         batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, seed=seed,
         correct_threshold=correct_threshold, shuffle_options=shuffle_options, output=output, overwrite=overwrite,
-        dtype=dtype, device=device,
+        dtype=dtype, device=device, backend=backend,
     )
     try:
         plan = plan_evaluation(options)
     except ValueError as error:  # BenchmarkError included: a bad option, --suite, --field, file or column
         fail(str(error))
     try:
-        loaded = load_model(model, device=device, dtype=dtype, batch_size=batch_size)
-    except (ModelNotFoundError, OSError, ValueError) as error:
+        loaded = load_model(model, device=device, dtype=dtype, batch_size=batch_size, backend=backend,
+                            max_model_len=context_length(plan))
+    except (ModelNotFoundError, OSError, ValueError, ImportError) as error:
         fail(str(error))
     console.print(
         f"evaluating {model}" + (f" ({loaded.path})" if loaded.path != model else "")

