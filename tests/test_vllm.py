@@ -166,6 +166,21 @@ def test_each_step_samples_from_the_weights_of_the_step_before(vllm_model_dir, t
     assert (before - recorded).abs().max() < 1e-4
 
 
+def test_lora_runs_push_the_merged_weights(vllm_model_dir, tmp_path):
+    # the adapters start at zero, so step 1 samples the base; step 2 samples base + step 1's adapters
+    config = tiny_config(vllm_model_dir, tmp_path / "run", *ENGINE, "method=grpo", "eval.at_start=false",
+                         "model.lora.rank=4", "model.lora.alpha=8", "train.learning_rate=1e-2")
+    trainer = Trainer(config)
+    base = {name: tensor.clone() for name, tensor in inference_weights(trainer.policy).items()}
+    trainer.train()
+    steps = _metrics(tmp_path / "run")
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["mismatch/logp_abs_diff_max"] < 1e-4 for r in steps)
+    merged = inference_weights(trainer.policy)  # the adapters did move the weights the engine samples
+    assert merged.keys() == base.keys()
+    assert max(float((merged[k] - base[k]).abs().max()) for k in base) > 1e-3
+
+
 @pytest.mark.parametrize("method", ["grpo", "srft"])
 def test_a_vllm_run_resumes_exactly(method, vllm_model_dir, tmp_path):
     overrides = [*ENGINE, f"method={method}", "train.max_steps=3", "train.save_every=1", "train.log_samples=100"]

@@ -11,6 +11,7 @@ config class of a run is the shared sections plus every registered method sectio
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -312,18 +313,25 @@ def register_method_section(method: str, section: type | None = None, defaults: 
 
 
 METHOD_ENTRY_POINTS = "hybridrft.methods"  # how packages (this one included) declare their methods
+BUILTIN_METHODS = "hybridrft.objectives"  # the module hybridrft's own entry point names (pyproject.toml)
 _plugins_loaded = False
 
 
 def load_method_plugins() -> None:
     """Import every module declared under the ``hybridrft.methods`` entry-point group, once, so that
     their methods register. hybridrft's own methods are declared in its pyproject.toml like any
-    other package's would be, which keeps this lowest layer free of imports of the layers above."""
+    other package's would be, which keeps this lowest layer free of imports of the layers above;
+    run from a source tree that is not installed (``PYTHONPATH=src``), there is no entry point to
+    read, and the built-in module is imported by that name."""
     global _plugins_loaded
     if not _plugins_loaded:
         _plugins_loaded = True
+        loaded = set()
         for entry_point in importlib.metadata.entry_points(group=METHOD_ENTRY_POINTS):
             entry_point.load()
+            loaded.add(entry_point.value)
+        if BUILTIN_METHODS not in loaded:
+            importlib.import_module(BUILTIN_METHODS)
 
 
 def config_class() -> type:
