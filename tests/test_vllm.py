@@ -227,3 +227,14 @@ def test_eval_command_samples_with_vllm(vllm_model_dir, tmp_path):
     assert json.loads((tmp_path / "a" / "results.json").read_text())["settings"]["backend"] == "vllm"
     bad = CliRunner().invoke(app, ["eval", *args, "--backend", "fast", "-o", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "--backend" in bad.output
+
+
+def test_fsdp2_pushes_whole_weights_into_each_engine(vllm_model_dir, tmp_path, monkeypatch):
+    from test_scale import _assert_same_run, _launch_fsdp2, _one_process, _recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    _one_process(_recipe(tmp_path, vllm_model_dir, one, "grpo"), *ENGINE)
+    _launch_fsdp2(_recipe(tmp_path, vllm_model_dir, sharded, "grpo"), *ENGINE)
+    _assert_same_run(one, sharded)
+    assert all(r["mismatch/logp_abs_diff_max"] < 1e-4 for r in _metrics(sharded))
