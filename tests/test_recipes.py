@@ -44,6 +44,7 @@ def _cpu_overrides(method: str, recipe: dict, model_dir: Path, output_dir: Path)
         f"model.name_or_path={model_dir}",
         "model.dtype=float32",
         "model.gradient_checkpointing=false",
+        "rollout.backend=native",  # the paper recipes sample with vLLM (tests/test_vllm.py covers that sampler)
         "data.source=builtin:arithmetic",
         "data.format=auto",
         "data.eval_source=null",

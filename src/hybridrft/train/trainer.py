@@ -162,7 +162,7 @@ class Trainer:
         self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
                                      batch_size=config.rollout.generation_batch_size, vllm=config.rollout.vllm,
                                      max_model_len=sampler_context_length(config))
-        self.weights_version = 0  # optimizer updates taken: a sampler with its own weights copy reloads when it changes
+        self.weights_version = 0  # optimizer updates made: a sampler with its own copy of the weights reloads when it changes
 
         self.step = 0
         self.timer = StepTimer(self.accelerator.device)  # the current step's phases
@@ -301,7 +301,7 @@ class Trainer:
             grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
             self.engine.step(self.optimizer, take=not skipped)
-        self.weights_version += not skipped
+        self.weights_version += 1  # also after a skipped update: under DeepSpeed it was applied regardless
         return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped), **timer.metrics()}
 
     def _record_skipped_step(self, step: int, bad_update: dict[str, float]) -> None:
