@@ -88,6 +88,12 @@ def demo_mask(batch: RolloutBatch) -> torch.Tensor:
     return sequence_mask(batch.is_demo, batch.loss_mask)
 
 
+def behaviour_logp(batch: RolloutBatch, out: PolicyOutputs) -> torch.Tensor:
+    """``log pi_old``: the log-probs stored before the first of several updates, else the current
+    ones, detached (each batch used for one update: ratio 1)."""
+    return batch.old_logp if batch.old_logp is not None else out.logp.detach()
+
+
 def masked_token_mean(values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
     """Contribution of a micro-batch to the full-batch token mean of ``values`` (for metrics)."""
     return (values.detach() * mask).sum() / max(totals.num_tokens, 1.0)
@@ -202,7 +208,7 @@ class Objective(ABC):
         mean and max absolute difference and the k3 KL(sampler || trainer); with ``grpo.rollout_is``,
         the mean importance weight and the share of tokens whose weight was truncated or masked."""
         mask, rollout = batch.masks[ROLLOUT], totals[ROLLOUT]
-        trainer_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+        trainer_logp = behaviour_logp(batch, out)
         abs_diff, k3 = sampler_mismatch(trainer_logp, batch.sampler_logp)
         metrics = {
             "mismatch/logp_abs_diff": masked_token_mean(abs_diff, mask, rollout),

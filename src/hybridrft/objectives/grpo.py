@@ -25,6 +25,7 @@ from hybridrft.objectives.base import (
     Objective,
     PolicyOutputs,
     StepPlan,
+    behaviour_logp,
     masked_token_mean,
     register_objective,
 )
@@ -56,9 +57,9 @@ def rollout_correction(cfg, batch: RolloutBatch, out: PolicyOutputs) -> torch.Te
             f"grpo.rollout_is={cfg.rollout_is} needs the sampler's log-probs of the rollout tokens; the "
             "native and vllm samplers record them when sampling (rollout.temperature > 0), the hf sampler does not"
         )
-    old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
-    rollout = batch.loss_mask & ~batch.is_demo.unsqueeze(-1)
-    return rollout_importance_weights(old_logp, batch.sampler_logp, rollout, mode=cfg.rollout_is, cap=cfg.rollout_is_cap)
+    return rollout_importance_weights(
+        behaviour_logp(batch, out), batch.sampler_logp, batch.masks[ROLLOUT], mode=cfg.rollout_is, cap=cfg.rollout_is_cap
+    )
 
 
 def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +69,7 @@ def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[
     as the released LUFFY, SRFT and HPT scripts run it (``loss_remove_clip=True``). With
     ``grpo.rollout_is`` each rollout token's term is multiplied by its truncated importance weight
     ``pi_old / pi_sampler`` (as TRL multiplies its per-token loss; demonstration rows keep weight 1)."""
-    old_logp = batch.old_logp if batch.old_logp is not None else out.logp.detach()
+    old_logp = behaviour_logp(batch, out)
     if not cfg.clip:
         ratio = torch.exp(out.logp - old_logp)
         per_token, clipped = -ratio * batch.advantage.unsqueeze(-1), torch.zeros_like(out.logp, dtype=torch.bool)
