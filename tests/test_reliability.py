@@ -120,6 +120,30 @@ def test_consecutive_bad_steps_stop_the_run_with_its_last_checkpoint_intact(tiny
     assert [r["train/skipped"] for r in records] == [0.0, 1.0, 1.0]
 
 
+def test_an_update_above_the_gradient_norm_limit_is_not_applied_and_is_counted(tiny_model_dir, tmp_path, caplog):
+    """HPT's skip (``train.skip_grad_norm_above``): an update whose gradient norm exceeds the limit
+    leaves weights and optimizer moments as they were; the step's other updates and the schedule go on."""
+    trainer = Trainer(tiny_config(
+        tiny_model_dir, tmp_path / "run", "method=hpt", "train.max_steps=3", "train.prompts_per_step=4",
+        "train.updates_per_batch=2",
+    ))
+    before = snapshot(trainer)
+    trainer.config.train.skip_grad_norm_above = 1e-12  # every update of this step is too large
+    with caplog.at_level("WARNING"):
+        metrics = trainer.training_step(1)
+    assert metrics["train/large_grad_skips"] == 2.0 and metrics["train/large_grad_skipped_updates"] == 2
+    assert metrics["train/skipped"] == 0.0 and metrics["train/skipped_steps"] == 0  # not a non-finite skip
+    after = snapshot(trainer)
+    assert same(after["weights"], before["weights"]) and same(after["optimizer"], before["optimizer"])
+    assert after["schedule"] == before["schedule"] + 1  # the schedule steps, as the reference's does
+    assert "step 1: 2 update(s) not applied" in caplog.text and "train.skip_grad_norm_above=1e-12" in caplog.text
+    trainer.config.train.skip_grad_norm_above = 1e12
+    metrics = trainer.training_step(2)
+    assert metrics["train/large_grad_skips"] == 0.0 and metrics["train/large_grad_skipped_updates"] == 2
+    assert not same(snapshot(trainer)["weights"], before["weights"])
+    assert trainer.state_dict()["large_grad_skipped_updates"] == 2  # checkpointed with the run
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def _train_with_checkpoints(model_dir, out, steps, *extra):

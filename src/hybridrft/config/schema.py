@@ -260,10 +260,16 @@ class TrainConfig:
     # a step with a non-finite loss or gradient norm is skipped (weights, optimizer and schedule untouched);
     # this many in a row stop the run
     max_bad_steps: int = 3
+    # an update whose pre-clip gradient norm exceeds this is not applied (weights and optimizer moments
+    # untouched; the step's later updates and the schedule go on), as HPT's actor does with
+    # max_grad_norm=80; counted in train/large_grad_skips. None: off
+    skip_grad_norm_above: Optional[float] = None
 
     def __post_init__(self):
         for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate", "updates_per_batch", "epochs_per_batch", "max_bad_steps"):
             _check_positive("train", name, getattr(self, name))
+        if self.skip_grad_norm_above is not None:
+            _check_positive("train", "skip_grad_norm_above", self.skip_grad_norm_above)
         if self.prompts_per_step % self.updates_per_batch:
             raise ValueError(
                 f"train.prompts_per_step ({self.prompts_per_step}) must be a multiple of "

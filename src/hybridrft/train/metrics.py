@@ -60,7 +60,7 @@ def mean_over_updates(per_update: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-SHARED = ("grad_norm", "lr", "skipped")  # already the same on every process
+SHARED = ("grad_norm", "lr", "skipped", "large_grad_skip")  # already the same on every process
 
 
 def combine_contributions(per_process: list[dict[str, float]]) -> dict[str, float]:

@@ -124,6 +124,9 @@ class Trainer:
                                              max_grad_norm=cfg.max_grad_norm)
         self.engine = Engine(self.accelerator)  # one process, DDP, FSDP2 or DeepSpeed under accelerate launch
         self.processes = Processes(self.accelerator)
+        if cfg.skip_grad_norm_above is not None and not self.engine.can_skip_updates:
+            raise ValueError("train.skip_grad_norm_above cannot withhold an update under DeepSpeed, which applies it "
+                             "inside the backward pass; use DDP or FSDP2, or leave it unset")
         resume_from = ckpt.checkpoint_to_resume(
             self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
             is_main=self.processes.is_main, wait=self.processes.wait,
@@ -169,6 +172,7 @@ class Trainer:
         self.prompts = PromptStream(len(self.train_set), cfg.seed, rank=self.processes.rank, world_size=self.processes.count)
         self.evals: dict[int, EvalResult] = {}
         self.skipped_steps = self.bad_steps_in_a_row = 0  # steps skipped for a non-finite loss or gradient
+        self.large_grad_skipped_updates = 0  # updates not applied for train.skip_grad_norm_above
         if resume_from:
             self.load_state(ckpt.load_training_state(
                 resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -205,13 +209,15 @@ class Trainer:
                 per_update = self.updates(batch, plan)
         metrics.update(mean_over_updates(per_update))
         skipped = bool(metrics.pop("skipped"))
+        metrics["train/large_grad_skips"] = self._count_large_grad_skips(step, per_update, metrics.pop("large_grad_skip"))
         if skipped:
             self._record_skipped_step(step, per_update[-1])
         else:
             self.bad_steps_in_a_row = 0
             self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
             metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
-        metrics.update({"train/skipped": float(skipped), "train/skipped_steps": self.skipped_steps})
+        metrics.update({"train/skipped": float(skipped), "train/skipped_steps": self.skipped_steps,
+                        "train/large_grad_skipped_updates": self.large_grad_skipped_updates})
         metrics["train/processes"] = self.processes.count
         metrics.update(step_costs(metrics, self.processes.gather(self.timer.metrics()), updates))
         counts = {name: total - counts_before[name] for name, total in reward_counters().items()}
@@ -300,9 +306,23 @@ class Trainer:
         with timer("optimizer"):
             grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
-            self.engine.step(self.optimizer, take=not skipped)
+            limit = self.config.train.skip_grad_norm_above
+            too_large = not skipped and limit is not None and grad_norm > limit  # the global norm: one verdict
+            self.engine.step(self.optimizer, take=not (skipped or too_large))
         self.weights_version += 1  # also after a skipped update: under DeepSpeed it was applied regardless
-        return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped), **timer.metrics()}
+        return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped),
+                "large_grad_skip": float(too_large), **timer.metrics()}
+
+    def _count_large_grad_skips(self, step: int, per_update: list[dict[str, float]], mean: float) -> float:
+        """The step's updates not applied for ``train.skip_grad_norm_above`` (logged, and counted
+        over the run); unlike a non-finite update they stop neither the step nor the run."""
+        count = round(mean * len(per_update))
+        if count:
+            self.large_grad_skipped_updates += count
+            norms = ", ".join(f"{u['grad_norm']:.1f}" for u in per_update if u["large_grad_skip"])
+            logger.warning("step %d: %d update(s) not applied, gradient norm %s above train.skip_grad_norm_above=%s",
+                           step, count, norms, self.config.train.skip_grad_norm_above)
+        return float(count)
 
     def _record_skipped_step(self, step: int, bad_update: dict[str, float]) -> None:
         self.skipped_steps += 1
@@ -366,11 +386,13 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds beside weights, optimizer and schedule (RNG states are added to it)."""
         return {"step": self.step, "data_cursor": self.prompts.cursor, "skipped_steps": self.skipped_steps,
-                "bad_steps_in_a_row": self.bad_steps_in_a_row, "objective": self.objective.state_dict()}
+                "bad_steps_in_a_row": self.bad_steps_in_a_row, "large_grad_skipped_updates": self.large_grad_skipped_updates,
+                "objective": self.objective.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.step, self.prompts.cursor = state["step"], state["data_cursor"]
         self.skipped_steps, self.bad_steps_in_a_row = state.get("skipped_steps", 0), state.get("bad_steps_in_a_row", 0)
+        self.large_grad_skipped_updates = state.get("large_grad_skipped_updates", 0)
         self.objective.load_state_dict(state["objective"])
 
     def save(self) -> Path:
