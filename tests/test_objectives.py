@@ -258,6 +258,28 @@ def test_srft_graded_rewards_use_positive_advantage():
     assert masks["negative"][1].any() and not masks["negative"][2].any()
 
 
+def test_srft_positives_are_judged_per_group_and_a_full_reward_is_never_negative():
+    """Group 0 graded (0.7, 0.2, demo 1.0), group 1 all correct at 1.0 (advantage 0), group 2 binary
+    (1, 0, demo 1). A graded group elsewhere in the batch changes nothing in groups 1 and 2."""
+    objective = build_objective(load_config(overrides=["method=srft"]))
+    rows = [[0, 1, 1]] * 9
+    batch = make_batch(
+        rows, is_demo=[False, False, True] * 3, group=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+        reward=[0.7, 0.2, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0],
+    )
+    metrics = objective.prepare_batch(batch, objective.plan(1))
+    positive = batch.masks["positive"].any(-1).tolist()
+    negative = batch.masks["negative"].any(-1).tolist()
+    assert batch.advantage[3].item() == batch.advantage[4].item() == 0.0  # all correct: advantage 0
+    assert positive == [True, False, False, True, True, False, True, False, False]
+    assert negative == [False, True, False, False, False, False, False, True, False]
+    assert metrics["srft/positives_by_advantage"] == pytest.approx(1 / 3)  # group 0 only
+    # the explicit advantage rule keeps a full reward out of y- too
+    objective = build_objective(load_config(overrides=["method=srft", "srft.positive_rule=advantage"]))
+    objective.prepare_batch(batch, objective.plan(1))
+    assert batch.masks["positive"].any(-1).tolist() == positive
+
+
 def test_srft_micro_batches_sum_to_the_full_batch_loss():
     objective, batch, plan = srft_case("grpo.entropy_coef=0.001")
     totals = BatchTotals({k: MaskTotals.of(m) for k, m in batch.masks.items()})

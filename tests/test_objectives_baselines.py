@@ -130,7 +130,8 @@ def test_chord_default_schedule_rises_from_zero():
 
 def test_chord_entropy_bonus_is_not_scaled_by_one_minus_mu_and_covers_rollouts_only():
     objective, batch, plan, _ = prepared(
-        "chord", "chord.mu_warmup_steps=0", "chord.mu_decay_steps=10", "grpo.entropy_coef=0.01", step=5
+        "chord", "chord.mu_warmup_steps=0", "chord.mu_decay_steps=10", "grpo.entropy_coef=0.01",
+        "chord.token_weighting=false", step=5,
     )
     mu = plan.info["chord/mu"]
     loss, m, _, egrad = run_loss(objective, batch, LOGP, ENTROPY, plan)

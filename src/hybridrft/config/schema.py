@@ -153,20 +153,26 @@ class RewardConfig:
             )
 
 
+AGGREGATION_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "token_sum_norm")
+
+
 @dataclass
 class LossConfig:
-    """Shared by every loss term of every method."""
+    """How every loss term is aggregated (ops/aggregation.py)."""
 
-    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm
+    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm | token_sum_norm
+    # the policy-gradient terms' own aggregation (GRPO's clipped term; LUFFY's and SRFT's joint RL term);
+    # None: `aggregation`. The LUFFY, SRFT and HPT scripts (loss_remove_token_mean=True) use token_sum_norm
+    # for these only, while their SFT, entropy and KL terms stay token means
+    policy_aggregation: Optional[str] = None
     max_completion_length: Optional[int] = None  # L_max for seq_mean_token_sum_norm; default: the larger of rollout.max_new_tokens and data.max_demo_tokens
+    token_sum_divisor: Optional[float] = None  # D of token_sum_norm (sum / D); default: L_max
 
     def __post_init__(self):
-        _check_choice(
-            "loss",
-            "aggregation",
-            self.aggregation,
-            ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"),
-        )
+        _check_choice("loss", "aggregation", self.aggregation, AGGREGATION_MODES)
+        if self.policy_aggregation is not None:
+            _check_choice("loss", "policy_aggregation", self.policy_aggregation, AGGREGATION_MODES)
+        _check_positive("loss", "token_sum_divisor", self.token_sum_divisor)
 
 
 @dataclass
@@ -195,6 +201,10 @@ class GRPOConfig:
     clip: bool = True  # false: the unclipped -rho A, as LUFFY/SRFT/HPT's released scripts (loss_remove_clip=True)
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2  # DAPO "clip-higher" uses 0.28
+    # dual-clip PPO (verl's clip_ratio_c): a token with A < 0 loses at most -dual_clip * A, so one whose ratio
+    # ran past dual_clip stops pushing; None: off. Methods set their reference's value (docs/methods.md)
+    dual_clip: Optional[float] = None
+    log_ratio_bound: Optional[float] = 20.0  # log(pi/pi_old) clamped to [-bound, bound] (verl); None: unclamped
     beta: float = 0.0  # k3 KL to the initial policy; 0 loads no reference model
     entropy_coef: float = 0.0  # entropy bonus c_H (methods set their reference value as their default)
     entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
@@ -208,6 +218,9 @@ class GRPOConfig:
         _check_choice("grpo", "entropy_tokens", self.entropy_tokens, ("all", "rollouts"))
         _check_choice("grpo", "rollout_is", self.rollout_is, ROLLOUT_IS_MODES)
         _check_positive("grpo", "rollout_is_cap", self.rollout_is_cap)
+        _check_positive("grpo", "log_ratio_bound", self.log_ratio_bound)
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"grpo.dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 
 
 ROLLOUT_IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")

@@ -25,6 +25,7 @@ reference defaults for shared keys as class attributes; ``register_objective`` r
 
 from __future__ import annotations
 
+import copy
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from hybridrft.config import Config, register_method_section
-from hybridrft.ops import MaskTotals, aggregate, k3_kl, rollout_importance_weights, sampler_mismatch
+from hybridrft.ops import MaskTotals, aggregate, k3_kl, rollout_importance_weights, sampler_mismatch, zero_outside
 from hybridrft.rollout import RolloutBatch
 
 SFT, RL, MIXED = "sft", "rl", "mixed"
@@ -96,7 +97,21 @@ def behaviour_logp(batch: RolloutBatch, out: PolicyOutputs) -> torch.Tensor:
 
 def masked_token_mean(values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
     """Contribution of a micro-batch to the full-batch token mean of ``values`` (for metrics)."""
-    return (values.detach() * mask).sum() / max(totals.num_tokens, 1.0)
+    return zero_outside(values.detach(), mask).sum() / max(totals.num_tokens, 1.0)
+
+
+def finite_outside_completions(batch: RolloutBatch, out: PolicyOutputs) -> tuple[RolloutBatch, PolicyOutputs]:
+    """Every per-token input of a loss set to 0 outside the completion tokens (selected, not
+    multiplied): a -inf log-prob at a padded or prompt position, which a user's model or another
+    kernel may produce, then costs nothing, where ``exp(-inf - -inf)`` or ``-inf * 0`` would make the
+    loss or its gradient nan. The batch is copied, not changed."""
+    mask = batch.loss_mask
+    cleaned = copy.copy(batch)
+    for name in ("old_logp", "ref_logp", "sampler_logp"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(cleaned, name, zero_outside(value, mask))
+    return cleaned, PolicyOutputs(zero_outside(out.logp, mask), zero_outside(out.entropy, mask))
 
 
 class Objective(ABC):
@@ -111,7 +126,9 @@ class Objective(ABC):
     def __init__(self, config: Config):
         self.config = config
         self.aggregation = config.loss.aggregation
+        self.policy_aggregation = config.loss.policy_aggregation or config.loss.aggregation
         self.max_len = config.max_completion_length
+        self.token_sum_divisor = config.loss.token_sum_divisor
 
     @abstractmethod
     def plan(self, step: int) -> StepPlan: ...
@@ -144,8 +161,14 @@ class Objective(ABC):
         return (self.has_rl_term and self.config.grpo.beta > 0) or self.config.train.log_reference_kl
 
     def agg(self, values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
-        """The configured aggregation of ``values`` over ``mask``, normalised by full-batch ``totals``."""
-        return aggregate(values, mask, self.aggregation, totals=totals, max_len=self.max_len)
+        """The configured aggregation (``loss.aggregation``) of ``values`` over ``mask``, normalised by
+        full-batch ``totals``: SFT terms, the entropy bonus and the KL penalty."""
+        return aggregate(values, mask, self.aggregation, totals=totals, max_len=self.max_len, divisor=self.token_sum_divisor)
+
+    def policy_agg(self, values: torch.Tensor, mask: torch.Tensor, totals: MaskTotals) -> torch.Tensor:
+        """The aggregation of a policy-gradient term (``loss.policy_aggregation``, default
+        ``loss.aggregation``): GRPO's clipped term, LUFFY's and SRFT's RL terms."""
+        return aggregate(values, mask, self.policy_aggregation, totals=totals, max_len=self.max_len, divisor=self.token_sum_divisor)
 
     # ------------------------------------------------------------------ what the trainer calls
 
@@ -169,6 +192,7 @@ class Objective(ABC):
         the tokens the method trains on. Neither is scaled by a method's own weights (CHORD's
         ``1 - mu`` included), as in the reference actors, which add both after the policy loss.
         """
+        batch, out = finite_outside_completions(batch, out)
         loss, metrics = self.loss(batch, out, totals, plan)
         grpo = self.config.grpo
         if self.has_rl_term and plan.kind != SFT:

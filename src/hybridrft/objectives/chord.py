@@ -11,7 +11,8 @@ the demonstrations dominate early and fade as the policy improves. As in Trinity
 and entropy terms are added after the mixed loss, not scaled by ``1 - mu``, and the entropy bonus
 covers the rollouts only (its ``mix`` entropy loss skips expert rows).
 
-With ``token_weighting`` (CHORD-phi) each demonstration token's loss is weighted by
+With ``token_weighting`` (CHORD-phi; on by default, as in Trinity-RFT's CHORD example and its loss
+class) each demonstration token's loss is weighted by
 ``sg(p_t (1 - p_t))``: tokens the policy already predicts (p near 1) and tokens it finds implausible
 (p near 0) are down-weighted, which keeps SFT from disrupting the policy's entropy.
 """
@@ -34,7 +35,7 @@ class CHORDConfig:
     mu_warmup_steps: int = 200  # linear rise from mu_warmup_start to mu_peak
     mu_decay_steps: int = 400  # cosine decay from peak to valley, then constant
     mu_warmup_start: float = 0.0  # Trinity-RFT rises from 0; set to mu_valley for a rise from the valley
-    token_weighting: bool = False  # CHORD-phi: weight SFT tokens by sg(p (1 - p))
+    token_weighting: bool = True  # CHORD-phi: weight SFT tokens by sg(p (1 - p)); mix_chord.yaml and MIXCHORDPolicyLossFn: on
 
     def __post_init__(self):
         for name in ("mu_peak", "mu_valley", "mu_warmup_start"):
@@ -50,6 +51,7 @@ class CHORDObjective(GRPOWithSFT):
         "group.num_generations": 8,  # mix_chord.yaml: repeat_times 8
         "group.demos_per_prompt": 1,
         "grpo.entropy_tokens": "rollouts",  # Trinity-RFT MixEntropyLossFn: non-expert rows only (coef 0 by default)
+        "grpo.dual_clip": 3.0,  # Trinity-RFT PPOPolicyLossFn (CHORD's GRPO term): clip_ratio_c 3.0
     }
 
     def mu(self, step: int) -> float:

@@ -4,8 +4,8 @@ with the DAPO (arXiv 2503.14476) and Dr. GRPO (arXiv 2503.20783) options.
 For prompt ``x`` and rollouts ``y_1..y_n ~ pi_theta`` (``group.num_generations``):
 
     A_k   = (r_k - mean(r)) / (std(r) + eps)                  (group advantage; group.advantage_scale)
-    rho_t = exp(logp_t - old_logp_t)                          (old = detached current with one update per batch)
-    L     = agg(-min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A))
+    rho_t = exp(clamp(logp_t - old_logp_t, -20, 20))          (old = detached current with one update per batch)
+    L     = agg(-min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A))   [bounded by -c A for A < 0: grpo.dual_clip]
             + beta * agg(k3_t) - c_H * agg(H_t)               (added for every RL method in base.py)
     k3_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (clamped as verl's low_var_kl)
 
@@ -29,7 +29,7 @@ from hybridrft.objectives.base import (
     masked_token_mean,
     register_objective,
 )
-from hybridrft.ops import clipped_surrogate, group_advantages, rollout_importance_weights
+from hybridrft.ops import clipped_surrogate, group_advantages, policy_ratio, rollout_importance_weights
 from hybridrft.rollout import RolloutBatch
 
 
@@ -65,17 +65,21 @@ def rollout_correction(cfg, batch: RolloutBatch, out: PolicyOutputs) -> torch.Te
 def clipped_policy_terms(cfg, batch: RolloutBatch, out: PolicyOutputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token GRPO clipped surrogate ``[B, T]`` and the clipped-branch flags, for any rows.
 
-    With ``grpo.clip = false`` the plain importance-weighted term ``-rho_t A`` (no token clipped),
-    as the released LUFFY, SRFT and HPT scripts run it (``loss_remove_clip=True``). With
-    ``grpo.rollout_is`` each rollout token's term is multiplied by its truncated importance weight
-    ``pi_old / pi_sampler`` (as TRL multiplies its per-token loss; demonstration rows keep weight 1)."""
+    The log-ratio is clamped to ``[-grpo.log_ratio_bound, bound]`` (verl; 20 by default) and, with
+    ``grpo.dual_clip``, a negative-advantage token's loss is bounded by ``-dual_clip * A`` (verl's
+    ``clip_ratio_c``). With ``grpo.clip = false`` the plain importance-weighted term ``-rho_t A`` (no
+    token clipped, no dual clip), as the released LUFFY, SRFT and HPT scripts run it
+    (``loss_remove_clip=True``). With ``grpo.rollout_is`` each rollout token's term is multiplied by
+    its truncated importance weight ``pi_old / pi_sampler`` (as TRL multiplies its per-token loss;
+    demonstration rows keep weight 1)."""
     old_logp = behaviour_logp(batch, out)
     if not cfg.clip:
-        ratio = torch.exp(out.logp - old_logp)
+        ratio = policy_ratio(out.logp, old_logp, log_ratio_bound=cfg.log_ratio_bound)
         per_token, clipped = -ratio * batch.advantage.unsqueeze(-1), torch.zeros_like(out.logp, dtype=torch.bool)
     else:
         per_token, clipped = clipped_surrogate(
-            out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high
+            out.logp, old_logp, batch.advantage.unsqueeze(-1), eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
+            dual_clip=cfg.dual_clip, log_ratio_bound=cfg.log_ratio_bound,
         )
     weights = rollout_correction(cfg, batch, out)
     return (per_token if weights is None else per_token * weights), clipped
@@ -92,7 +96,7 @@ def grpo_loss(
     token); shared by every method with a GRPO term. Its settings are the ``grpo`` section."""
     mask = batch.masks[mask_name]
     per_token, clipped = clipped_policy_terms(objective.config.grpo, batch, out)
-    policy = objective.agg(per_token, mask, totals[mask_name])
+    policy = objective.policy_agg(per_token, mask, totals[mask_name])
     return policy, {
         "loss/policy": policy.detach(),
         "grpo/clip_fraction": masked_token_mean(clipped.float(), mask, totals[mask_name]),
@@ -104,6 +108,7 @@ class GRPOObjective(Objective):
     """Pure RL: ``group.num_generations`` rollouts per prompt, no demonstrations."""
 
     name = "grpo"
+    defaults = {"grpo.dual_clip": 3.0}  # verl compute_policy_loss_vanilla: clip_ratio_c 3.0 (the GRPO term's source)
 
     def plan(self, step: int) -> StepPlan:
         return StepPlan(RL, rollouts_per_prompt=self.config.group.num_generations, demos_per_prompt=0)

@@ -67,9 +67,9 @@ class LUFFYObjective(Objective):
         on_policy, clipped = clipped_policy_terms(self.config.grpo, batch, out)
         off_policy = -advantage * shaped_probability(out.logp, cfg.policy_shaping_gamma)
         per_token = torch.where(batch.is_demo.unsqueeze(-1), off_policy, on_policy)
-        loss = self.agg(per_token, batch.masks[COMPLETIONS], totals[COMPLETIONS])
+        loss = self.policy_agg(per_token, batch.masks[COMPLETIONS], totals[COMPLETIONS])
         # the two parts, each normalised like the joint loss so that they add up to it
-        on = self.agg(on_policy, batch.masks[ROLLOUT], totals[COMPLETIONS])
+        on = self.policy_agg(on_policy, batch.masks[ROLLOUT], totals[COMPLETIONS])
         return loss, {
             "loss/on_policy": on.detach(),
             "loss/off_policy": (loss - on).detach(),

@@ -87,6 +87,7 @@ def grad_norm_rule(state: SASRState, cfg: SASRConfig) -> float:
 class SASRObjective(SFTOrGRPOSteps):
     name = "sasr"
     config_section = SASRConfig
+    defaults = {"grpo.dual_clip": 3.0}  # its RL steps are GRPO's (no public SASR code): verl's clip_ratio_c
     summary_keys = (("sasr/p_t", "p_t"),)
 
     def __init__(self, config):

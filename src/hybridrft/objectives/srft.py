@@ -29,8 +29,9 @@ How the terms are normalised is where the sources differ (``normalisation``):
 (each sequence's own mean, as the re-implementation does; default), ``token``, or ``batch`` (one mean
 over the whole update batch's tokens of that term, measured in a no-grad pass before the update).
 ``y+`` are the correct rollouts (reward at or above ``reward.correct_threshold``, as the
-re-implementation's ``correct_answer_mask``); with graded rewards (``positive_rule = auto`` and
-rewards that are not all 0 or the threshold) the rollouts with positive advantage. The ``y-`` term
+re-implementation's ``correct_answer_mask``); with ``positive_rule = auto``, in a group with a graded
+reward (neither 0 nor the threshold) also the rollouts with positive advantage. Decided per group, and
+a rollout that earned the full reward is never in ``y-``. The ``y-`` term
 ``+logp_t`` is unbounded below (nothing in the re-implementation's script clamps it), so the smallest
 log-prob on a negative rollout is logged every step (``srft/negative_logp_min``).
 
@@ -82,7 +83,7 @@ class SRFTConfig:
     normalisation: str = "joint"  # joint (the public re-implementation) | separate (each term over its own tokens)
     policy_shaping_gamma: Optional[float] = None  # f(p) = p/(p+gamma) on L_RL_demo; the re-implementation's script: 0.1
     self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (a variant: w_RL x GRPO term on A>0 tokens)
-    positive_rule: str = "auto"  # auto | reward | advantage: which rollouts are y+
+    positive_rule: str = "auto"  # auto (per group) | reward | advantage: which rollouts are y+ (full reward: always)
 
     def __post_init__(self):
         _check("entropy_granularity", self.entropy_granularity, ("sequence", "token", "batch"))
@@ -92,23 +93,35 @@ class SRFTConfig:
         _check("positive_rule", self.positive_rule, ("auto", "reward", "advantage"))
 
 
+def graded_groups(batch, correct_threshold: float) -> torch.Tensor:
+    """``[N]`` bool: the rows of groups in which some rollout's reward is neither 0 nor the
+    correct threshold (a graded reward), each row marked with its group's verdict."""
+    graded = (~batch.is_demo & (batch.reward != 0) & (batch.reward != correct_threshold)).long()
+    per_group = torch.zeros(int(batch.group.max()) + 1, dtype=torch.long, device=graded.device)
+    per_group.index_add_(0, batch.group, graded)
+    return per_group[batch.group] > 0
+
+
 def positive_rollouts(batch, rule: str, correct_threshold: float) -> torch.Tensor:
-    """``[N]`` bool: the rollouts that count as ``y+`` (demonstrations are never in it)."""
+    """``[N]`` bool: the rollouts that count as ``y+`` (demonstrations are never in it).
+
+    - ``reward``: reward at or above the threshold (the re-implementation's ``correct_answer_mask``).
+    - ``advantage``: positive advantage.
+    - ``auto``: decided per group: by reward in a group of 0/threshold rewards, by advantage in a
+      group with a graded reward.
+
+    Under every rule a rollout that earned the full reward is in ``y+``: an all-correct group has
+    advantage 0, and ``y-`` would push its correct answers down."""
+    correct = batch.reward >= correct_threshold
     if rule == "reward":
-        positive = batch.reward >= correct_threshold
+        positive = correct
     elif rule == "advantage":
-        positive = batch.advantage > 0
+        positive = correct | (batch.advantage > 0)
+    elif rule == "auto":
+        positive = correct | (graded_groups(batch, correct_threshold) & (batch.advantage > 0))
     else:
-        raise ValueError(f"positive rule must be 'reward' or 'advantage', got {rule!r}")
+        raise ValueError(f"positive rule must be 'auto', 'reward' or 'advantage', got {rule!r}")
     return positive & ~batch.is_demo
-
-
-def resolve_positive_rule(rule: str, rewards: torch.Tensor, correct_threshold: float) -> str:
-    """``auto``: judge by correctness when rewards are binary, by advantage when they are graded."""
-    if rule != "auto":
-        return rule
-    binary = bool(((rewards == 0) | (rewards == correct_threshold)).all())
-    return "reward" if binary else "advantage"
 
 
 @register_objective
@@ -132,14 +145,14 @@ class SRFTObjective(Objective):
         cfg = self.config.srft
         threshold = self.config.reward.correct_threshold
         batch.advantage = group_advantage(batch, self.config.group, demos_in_stats=True)
-        if cfg.self_rollout_loss == "advantage":
-            rule = "advantage"
-        else:
-            rule = resolve_positive_rule(cfg.positive_rule, batch.reward[~batch.is_demo], threshold)
+        rule = "advantage" if cfg.self_rollout_loss == "advantage" else cfg.positive_rule
         positive = positive_rollouts(batch, rule, threshold)
         batch.masks[POSITIVE] = sequence_mask(positive, batch.loss_mask)
         batch.masks[NEGATIVE] = sequence_mask(~positive & ~batch.is_demo, batch.loss_mask)
-        return {"srft/positives_by_advantage": float(rule == "advantage")}
+        by_advantage = graded_groups(batch, threshold) if rule == "auto" else torch.full_like(batch.is_demo, rule == "advantage")
+        groups = batch.group.unique()
+        share = sum(bool(by_advantage[batch.group == g].any()) for g in groups) / max(len(groups), 1)
+        return {"srft/positives_by_advantage": share}  # the share of the step's groups judged by advantage
 
     def entropy_means_needed(self, plan):
         return (DEMO, POSITIVE) if self.config.srft.entropy_granularity == "batch" else ()
@@ -164,7 +177,7 @@ class SRFTObjective(Objective):
             """An RL part over ``masks[name]``: joint normalisation shares one normaliser, every RL
             token of the batch; separate normalisation uses the part's own tokens."""
             normaliser = totals[COMPLETIONS] if cfg.normalisation == "joint" else totals[name]
-            return self.agg(values, masks[name], normaliser)
+            return self.policy_agg(values, masks[name], normaliser)
 
         # demonstrations: entropy-weighted SFT (always its own aggregation) and off-policy RL
         sft_demo = self.agg(w_sft * -logp, masks[DEMO], totals[DEMO])

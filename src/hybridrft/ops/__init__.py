@@ -5,7 +5,7 @@ No I/O, no globals, no knowledge of models beyond the Hugging Face module interf
 """
 
 from hybridrft.ops.advantages import ADVANTAGE_SCALES, group_advantages
-from hybridrft.ops.aggregation import AGGREGATIONS, MaskTotals, aggregate
+from hybridrft.ops.aggregation import AGGREGATIONS, MaskTotals, aggregate, zero_outside
 from hybridrft.ops.entropy_weights import (
     ENTROPY_GRANULARITIES,
     entropy_for_weights,
@@ -18,7 +18,14 @@ from hybridrft.ops.logprobs import (
     shared_prompt_logprobs_and_entropy,
     token_logprobs_and_entropy,
 )
-from hybridrft.ops.policy_loss import clipped_surrogate, k3_kl, shaped_probability, uncertainty_weights
+from hybridrft.ops.policy_loss import (
+    LOG_RATIO_BOUND,
+    clipped_surrogate,
+    k3_kl,
+    policy_ratio,
+    shaped_probability,
+    uncertainty_weights,
+)
 from hybridrft.ops.rollout_correction import rollout_importance_weights, sampler_mismatch
 from hybridrft.ops.schedules import warmup_cosine
 
@@ -26,6 +33,7 @@ __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
     "ENTROPY_GRANULARITIES",
+    "LOG_RATIO_BOUND",
     "MaskTotals",
     "aggregate",
     "chunked_logprobs_and_entropy",
@@ -37,10 +45,12 @@ __all__ = [
     "k3_kl",
     "logprobs_and_entropy_from_logits",
     "masked_sequence_mean",
+    "policy_ratio",
     "rollout_importance_weights",
     "sampler_mismatch",
     "shaped_probability",
     "token_logprobs_and_entropy",
     "uncertainty_weights",
     "warmup_cosine",
+    "zero_outside",
 ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from hybridrft.ops.aggregation import zero_outside
+
 ENTROPY_GRANULARITIES = ("sequence", "token", "batch")
 
 
 def masked_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values [B, T]`` over each row's masked positions; ``[B]`` (0 for an empty row)."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return zero_outside(values, mask).sum(-1) / mask.to(values.dtype).sum(-1).clamp(min=1.0)
 
 
 def entropy_for_weights(

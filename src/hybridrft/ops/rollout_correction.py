@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from hybridrft.ops.aggregation import zero_outside
+
 
 def rollout_importance_weights(
     old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, *, mode: str, cap: float
@@ -34,7 +36,7 @@ def rollout_importance_weights(
     level, _, action = mode.partition("_")
     if level not in ("token", "sequence") or action not in ("truncate", "mask"):
         raise ValueError(f"unknown rollout importance-sampling mode {mode!r}")
-    log_ratio = (old_logp.detach() - sampler_logp) * mask
+    log_ratio = zero_outside(old_logp.detach() - sampler_logp, mask)
     if level == "sequence":
         log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(old_logp)
     # exp of a capped log-ratio: an extreme ratio cannot overflow to inf before it is truncated or masked
