@@ -28,9 +28,10 @@ def _is_paper(path: Path) -> bool:
 
 
 def _expected_method(path: Path) -> str:
-    """recipes/paper/<method>.yaml, recipes/<method>_gsm8k.yaml, and the quickstart (SRFT)."""
+    """recipes/paper/<method>.yaml (or <method>_code.yaml: as the authors' code runs it),
+    recipes/<method>_gsm8k.yaml, and the quickstart (SRFT)."""
     if _is_paper(path):
-        return path.stem
+        return path.stem.removesuffix("_code")
     if path.stem == "quickstart":
         return "srft"
     assert path.stem.endswith("_gsm8k"), f"{path.name}: recipes/ holds <method>_gsm8k.yaml files and quickstart.yaml"

@@ -188,8 +188,8 @@ class Objective(ABC):
         """The method's loss plus the shared RL regularisers, with the per-step diagnostics.
 
         For a step with an RL term (the whole run for most methods, the RL steps of two-stage and
-        SASR): ``- entropy_coef * agg(H)`` over ``REGULARISED`` tokens, and ``beta * agg(k3)`` over
-        the tokens the method trains on. Neither is scaled by a method's own weights (CHORD's
+        SASR): ``- entropy_coef * token_mean(H)`` over ``REGULARISED`` tokens, and ``beta * agg(k3)``
+        over the tokens the method trains on (``loss.aggregation``, as verl's and TRL's KL terms). Neither is scaled by a method's own weights (CHORD's
         ``1 - mu`` included), as in the reference actors, which add both after the policy loss.
         """
         batch, out = finite_outside_completions(batch, out)
@@ -197,7 +197,10 @@ class Objective(ABC):
         grpo = self.config.grpo
         if self.has_rl_term and plan.kind != SFT:
             if grpo.entropy_coef:
-                bonus = -grpo.entropy_coef * self.agg(out.entropy, batch.masks[REGULARISED], totals[REGULARISED])
+                # a token mean under every aggregation, as in every reference that has the bonus (LUFFY and
+                # UPT masked_mean(entropy, response_mask), TRL's mean per-token entropy)
+                entropy = aggregate(out.entropy, batch.masks[REGULARISED], "token_mean", totals=totals[REGULARISED])
+                bonus = -grpo.entropy_coef * entropy
                 loss = loss + bonus
                 metrics["loss/entropy_bonus"] = bonus.detach()
             if grpo.beta > 0:

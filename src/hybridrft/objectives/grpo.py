@@ -6,7 +6,7 @@ For prompt ``x`` and rollouts ``y_1..y_n ~ pi_theta`` (``group.num_generations``
     A_k   = (r_k - mean(r)) / (std(r) + eps)                  (group advantage; group.advantage_scale)
     rho_t = exp(clamp(logp_t - old_logp_t, -20, 20))          (old = detached current with one update per batch)
     L     = agg(-min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A))   [bounded by -c A for A < 0: grpo.dual_clip]
-            + beta * agg(k3_t) - c_H * agg(H_t)               (added for every RL method in base.py)
+            + beta * agg(k3_t) - c_H * token_mean(H_t)        (added for every RL method in base.py)
     k3_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (clamped as verl's low_var_kl)
 
 ``beta = 0`` by default, in which case no reference model is loaded. With ``train.updates_per_batch``

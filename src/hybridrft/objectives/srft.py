@@ -16,9 +16,9 @@ One stage, every step, three terms on two kinds of data. For prompt ``x`` with r
 
 How the terms are normalised is where the sources differ (``normalisation``):
 
-- ``joint`` (default; no official code exists, and this is the public re-implementation,
-  TsinghuaC3I/Unify-Post-Training ``hpt/verl/verl/mix_src/mix_core_alg.py``,
-  ``compute_token_on_off_policy_srft_loss``, with ``mix_actor.py``'s ``srft`` branch): every rollout
+- ``joint`` (default; the public re-implementation, TsinghuaC3I/Unify-Post-Training
+  ``hpt/verl/verl/mix_src/mix_core_alg.py``, ``compute_token_on_off_policy_srft_loss``, with
+  ``mix_actor.py``'s ``srft`` branch, and the authors' code, a LUFFY fork): every rollout
   token and every demonstration token of ``L_RL_demo`` in one aggregation, a rollout token carrying
   ``-c * logp_t`` with ``c = w_RL`` on ``y+`` and ``c = -1`` on ``y-``; ``L_SFT_demo`` a separate
   aggregation over the demonstration tokens.
@@ -38,9 +38,13 @@ log-prob on a negative rollout is logged every step (``srft/negative_logp_min``)
 With ``grpo.rollout_is`` (a sampler-trainer mismatch correction, off by default) every rollout
 token's ``L_RL_self`` term is multiplied by its truncated importance weight, as the GRPO term is.
 
-Variants, not found in any public code: ``sft_entropy_sign = +1``, and ``self_rollout_loss =
+The authors' code (fyqqyf/SRFT, ``srft/verl/verl/mix_src/mix_core_alg.py`` at ``8d4e10a``, known
+here from published readings of it; it could not be fetched) departs from the paper in two places,
+each one option away, and ``recipes/paper/srft_code.yaml`` sets both: ``sft_entropy_sign = +1``
+(its SFT weight is ``exp(+H)``, l.162-163, where Eq. 8 has ``exp(-H)``), and ``self_rollout_loss =
 "advantage"``, which replaces ``L_RL_self`` by the GRPO clipped term on all rollout tokens, multiplied
-by ``w_RL`` on tokens of positive-advantage rollouts (``y+`` are then the positive-advantage rollouts).
+by ``w_RL = 0.1 exp(H)`` on tokens of positive-advantage rollouts (l.134). The defaults follow the
+paper, which is unambiguous on both.
 """
 
 from __future__ import annotations
@@ -77,12 +81,12 @@ class SRFTConfig:
     """SRFT's weights and forms (group size and advantage options: the shared ``group`` section)."""
 
     sft_coef: float = 0.5  # w_SFT = sft_coef * exp(sft_entropy_sign * H)
-    sft_entropy_sign: int = -1  # -1 as in the paper and the re-implementation; +1 a variant
+    sft_entropy_sign: int = -1  # -1 as in the paper (Eq. 8) and the re-implementation; +1 the authors' code
     rl_coef: float = 0.1  # w_RL = rl_coef * exp(H)
     entropy_granularity: str = "sequence"  # sequence | token | batch
     normalisation: str = "joint"  # joint (the public re-implementation) | separate (each term over its own tokens)
     policy_shaping_gamma: Optional[float] = None  # f(p) = p/(p+gamma) on L_RL_demo; the re-implementation's script: 0.1
-    self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (a variant: w_RL x GRPO term on A>0 tokens)
+    self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (the authors' code: w_RL x GRPO term on A>0 tokens)
     positive_rule: str = "auto"  # auto (per group) | reward | advantage: which rollouts are y+ (full reward: always)
 
     def __post_init__(self):
