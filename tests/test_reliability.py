@@ -120,8 +120,6 @@ def test_consecutive_bad_steps_stop_the_run_with_its_last_checkpoint_intact(tiny
     assert [r["train/skipped"] for r in records] == [0.0, 1.0, 1.0]
 
 
-# the first step's only updates are withheld, so the schedule steps before any optimizer step: expected
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_an_update_above_the_gradient_norm_limit_is_not_applied_and_is_counted(tiny_model_dir, tmp_path, caplog):
     """HPT's skip (``train.skip_grad_norm_above``): an update whose gradient norm exceeds the limit
     leaves weights and optimizer moments as they were; the step's other updates and the schedule go on."""

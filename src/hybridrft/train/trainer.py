@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +215,10 @@ class Trainer:
             self._record_skipped_step(step, per_update[-1])
         else:
             self.bad_steps_in_a_row = 0
-            self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
+            with warnings.catch_warnings():  # a step whose updates were all withheld (train.skip_grad_norm_above)
+                # steps the schedule without an optimizer step, as HPT's script does: torch's order warning is moot
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()  # once per step, as verl steps its scheduler once per generation batch
             metrics.update(self.objective.after_step(step, plan, metrics["grad_norm"]))
         metrics.update({"train/skipped": float(skipped), "train/skipped_steps": self.skipped_steps,
                         "train/large_grad_skipped_updates": self.large_grad_skipped_updates})
