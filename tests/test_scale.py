@@ -25,10 +25,12 @@ NOT_COMPARED = ("time/", "throughput/")
 
 
 def _recipe(
-    tmp_path: Path, model_dir: Path, out: Path, method: str, srft: dict | None = None, lora: dict | None = None, **train
+    tmp_path: Path, model_dir: Path, out: Path, method: str, srft: dict | None = None, lora: dict | None = None,
+    loss: dict | None = None, **train
 ) -> Path:
     recipe = {
         "method": method,
+        "loss": loss or {},
         "srft": srft or {},
         "model": {"name_or_path": str(model_dir), "lora": lora or {}},
         "data": {"builtin_size": 24},
@@ -113,10 +115,12 @@ def test_two_processes_compute_the_one_process_step(method, tiny_model_dir, tmp_
     # batch-granularity entropy weights: a mean over both processes' tokens
     srft = {"entropy_granularity": "batch"} if method == "srft-batch-entropy" else {}
     lora = {"rank": 4, "alpha": 8.0} if method == "grpo-lora" else {}
+    # HPT with its script's normalisation: a token sum over a constant is the same sum on any process count
+    loss = {"policy_aggregation": "token_sum_norm", "token_sum_divisor": 12} if method == "hpt" else {}
     method = method.split("-")[0]
     one, two = tmp_path / "one", tmp_path / "two"
-    _one_process(_recipe(tmp_path, tiny_model_dir, one, method, srft, lora))
-    _launch(_recipe(tmp_path, tiny_model_dir, two, method, srft, lora), 2)
+    _one_process(_recipe(tmp_path, tiny_model_dir, one, method, srft, lora, loss))
+    _launch(_recipe(tmp_path, tiny_model_dir, two, method, srft, lora, loss), 2)
     _assert_same_run(one, two)
     if method == "sasr":  # SASR's choices: warm-up SFT, then its draws, the same on both
         plans = [r["plan"] for r in read_metrics(two / "metrics.jsonl")]
