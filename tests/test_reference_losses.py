@@ -407,3 +407,52 @@ def test_a_minus_inf_log_prob_at_padding_changes_nothing(method):
     torch.testing.assert_close(loss.detach(), clean[0])
     torch.testing.assert_close(logp.grad, clean[1])
     assert (logp.grad[pad] == 0).all()
+
+
+# ---------------------------------------------------------------- static mix, two-stage, SASR, SFT
+
+def test_static_mix_equals_the_luffy_rl_with_sft_loss_baseline():
+    """LUFFY ``mix_actor.py`` @ 01f4ae0, ``use_sft_multitask_loss`` (l.110-142): ``sft_loss *
+    sft_loss_coef + pg_loss`` over every row, as ``exp_scripts/train_rl_sft_loss.sh`` runs it."""
+    loss, glogp, gh, batch, _ = ours("static_mix", "group.num_generations=4", "grpo.clip=false", "grpo.log_ratio_bound=null")
+    rows = torch.arange(len(LENGTHS))
+    expected = reference_run(reference_hpt_loss, batch, rows=rows, remove_token_mean=False, sft_coef=1.0)
+    assert_same((loss, glogp, gh), expected)
+
+
+def test_sft_steps_equal_the_luffy_sft_loss():
+    """LUFFY ``mix_core_alg.py`` ``compute_sft_pure_loss``: ``masked_mean(-log_prob, eos_mask)`` over
+    demonstration rows; the same for SFT, two-stage's first phase and SASR's warm-up."""
+    for method, overrides in (("sft", []), ("two_stage", ["two_stage.sft_steps=5"]), ("sasr", ["sasr.warmup_steps=5"])):
+        loss, glogp, _, batch, plan = ours(method, *overrides)
+        assert plan.kind == "sft"
+
+        def ref(logp, entropy, batch):
+            return masked_mean(-logp[batch.is_demo], batch.loss_mask[batch.is_demo])
+
+        assert_same((loss, glogp), reference_run(ref, batch)[:2])
+
+
+def test_rl_steps_of_two_stage_and_sasr_follow_their_sources():
+    """Two-stage's RL phase is LUFFY's verl fork (no dual clip, no clamp: ``grpo.log_ratio_bound=null``
+    to match it exactly); SASR's RL steps are GRPO's, verl's with the dual clip."""
+    loss, glogp, _, batch, plan = ours("two_stage", "two_stage.sft_steps=1", "group.num_generations=4",
+                                       "grpo.log_ratio_bound=null", step=2)
+    assert plan.kind == "rl"
+    rows = (~batch.is_demo).nonzero().squeeze(-1)
+
+    def luffy(logp, entropy, batch):
+        return reference_upt_policy_loss(logp[rows], batch.old_logp[rows], advantages_2d(batch)[rows],
+                                         batch.loss_mask[rows], remove_token_mean=False, remove_clip=False)
+
+    assert_same((loss, glogp), reference_run(luffy, batch)[:2])
+    # an RL step of SASR (its plan for a step the draw sends to RL), on the same batch
+    objective = build_objective(load_config(overrides=["method=sasr", "group.num_generations=4"]))
+    batch, logp, entropy = shared_batch()
+    plan = objective.step_plan("rl", {})
+    objective.prepare_batch(batch, plan)
+    logp, entropy = logp.clone().requires_grad_(True), entropy.clone().requires_grad_(True)
+    totals = BatchTotals({k: MaskTotals.of(m) for k, m in batch.masks.items()})
+    loss, _ = objective.step_loss(batch, PolicyOutputs(logp, entropy), totals, plan)
+    loss.backward()
+    assert_same((loss.detach(), logp.grad), reference_run(reference_verl_policy_loss, batch, rows=rows)[:2])
