@@ -61,6 +61,7 @@ PAPERS = {
     "luffy": "2504.14945",  # LUFFY (Yan et al. 2025)
     "chord": "2508.11408",  # CHORD (Zhang et al. 2025)
     "hpt": "2509.04419",  # HPT (Lv et al. 2025)
+    "relift": "2506.07527",  # ReLIFT (Ma et al. 2025)
 }
 # the baselines that come from no paper of their own, by what the first line of their docstring says they are
 BASELINES = {

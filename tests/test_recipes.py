@@ -20,7 +20,7 @@ from hybridrft.train import Trainer, read_metrics
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml")) + sorted((RECIPE_DIR / "paper").glob("*.yaml"))
-PAPER_METHODS = ("srft", "luffy", "hpt", "sasr")
+PAPER_METHODS = ("srft", "luffy", "hpt", "sasr", "relift")
 
 
 def _is_paper(path: Path) -> bool:
@@ -99,13 +99,13 @@ def test_recipe_trains_one_step(path, tiny_model_dir, tmp_path):
         assert config.model.name_or_path == str(tiny_model_dir)  # the recipe's own model is Qwen2.5-Math-7B
         assert recipe["model"]["name_or_path"] == "Qwen/Qwen2.5-Math-7B"
         assert recipe["data"]["format"] == "verl" and recipe["data"]["answer_instruction"] is None
-        assert config.train.learning_rate == {"srft": 1e-6, "luffy": 1e-6, "hpt": 5e-6, "sasr": 1e-6}[method]
+        assert config.train.learning_rate == {"srft": 1e-6, "luffy": 1e-6, "hpt": 5e-6, "sasr": 1e-6, "relift": 1e-6}[method]
         assert config.train.updates_per_batch == 2
         assert config.rollout.temperature == 1.0 and config.grpo.beta == 0.0
         assert config.train.weight_decay == 0.01 and config.train.lr_warmup_steps == 0
-        if method in ("srft", "luffy", "hpt"):
+        if method in ("srft", "luffy", "hpt", "relift"):
             assert config.grpo.entropy_coef == 0.001
-        assert recipe["group"]["num_generations"] == (8 if method in ("hpt", "sasr") else 7)
+        assert recipe["group"]["num_generations"] == (8 if method in ("hpt", "sasr", "relift") else 7)
         assert config.group.demos_per_prompt == 1
 
     Trainer(config).train()

@@ -1,6 +1,6 @@
 """Training methods, one per file, registered by name (``method:`` in a recipe)."""
 
-from hybridrft.objectives import chord, grpo, hpt, luffy, sasr, sft, srft, static_mix, two_stage  # noqa: F401  (registers them)
+from hybridrft.objectives import chord, grpo, hpt, luffy, relift, sasr, sft, srft, static_mix, two_stage  # noqa: F401  (registers them)
 from hybridrft.objectives.base import (
     MIXED,
     OBJECTIVES,
@@ -13,6 +13,7 @@ from hybridrft.objectives.base import (
     build_objective,
     register_objective,
 )
+from hybridrft.objectives.interleaved import FineTuningPlan, InterleavedFineTuning, PromptOutcome
 
 __all__ = [
     "MIXED",
@@ -20,8 +21,11 @@ __all__ = [
     "RL",
     "SFT",
     "BatchTotals",
+    "FineTuningPlan",
+    "InterleavedFineTuning",
     "Objective",
     "PolicyOutputs",
+    "PromptOutcome",
     "StepPlan",
     "build_objective",
     "register_objective",

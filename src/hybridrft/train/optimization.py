@@ -29,6 +29,23 @@ def build_optimizer(model: torch.nn.Module, train_config):
     return optimizer, scheduler
 
 
+def build_fine_tuning_optimizer(model: torch.nn.Module, train_config) -> torch.optim.AdamW:
+    """A second AdamW over the trainable parameters of the engine-prepared ``model`` (DDP's own
+    parameters; under FSDP2 this process's shards), for an interleaved method's fine-tuning updates:
+    its moments stay apart from the step optimizer's, as the reference (ReLIFT's ``actor_sft_optimizer``)
+    keeps two optimizers. The run's betas, eps and weight decay (the reference builds both from one
+    optimizer config); its learning rate is set by each fine-tuning update, and no schedule steps it."""
+    cfg = train_config
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+        fused=True,  # as the step optimizer
+    )
+
+
 def set_phase_learning_rate(optimizer, scheduler, *, base: float, phase_rate: float | None, reset: bool) -> None:
     """The step's base learning rate (``phase_rate``, a method's rate for its current phase, or
     ``base``) under the schedule's factor, and the optimizer reset a phase switch asks for."""

@@ -16,15 +16,22 @@ from hybridrft.train import checkpoint as ckpt
 
 def save_step_checkpoint(
     root: Path, step: int, *, engine, processes, model, policy, tokenizer, optimizer, scheduler,
-    trainer_state: dict[str, Any], keep: int,
+    trainer_state: dict[str, Any], keep: int, sharded_optimizers: dict[str, Any] | None = None,
 ) -> Path:
-    """``root/step-N``, atomic and verified (``checkpoint.save_checkpoint``), from every process."""
+    """``root/step-N``, atomic and verified (``checkpoint.save_checkpoint``), from every process.
+    ``sharded_optimizers``: further optimizers (an interleaved method's fine-tuning optimizer) whose
+    state the engine shards, each written by every process into the checkpoint's folder of that name."""
     model_state = engine.full_state_dict(model)  # a collective under FSDP2 / ZeRO-3
     folder = None
     if engine.shards_optimizer:
         made = str(ckpt.new_checkpoint_folder(root, step)) if processes.is_main else ""
         folder = Path(processes.gather(made)[0])
         engine.save_sharded_optimizer(model, optimizer, folder / "optimizer")
+        for name, extra in (sharded_optimizers or {}).items():
+            engine.save_sharded_optimizer(model, extra, folder / name)
+            processes.wait()  # every shard written before rank 0 makes it durable
+            for shard in sorted((folder / name).rglob("*")) if processes.is_main else []:
+                ckpt.fsync_path(shard)
     final = root / f"step-{step:06d}"
     if processes.is_main:
         final = ckpt.save_checkpoint(

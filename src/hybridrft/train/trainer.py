@@ -3,7 +3,8 @@
     plan -> this process's prompts -> rollouts + demonstrations -> rewards -> RolloutBatch
          -> objective.prepare_batch (advantages, masks) -> [old / reference log-probs, once]
          -> for each update: micro-batched loss/backward, global gradient norm, clip, AdamW
-            (skipped if not finite) -> LR schedule -> objective.after_step -> global metrics
+            (skipped if not finite) -> [an interleaved method's fine-tuning update on the examples it
+            names, with its own AdamW] -> LR schedule -> objective.after_step -> global metrics
 
 The objective decides what a step needs and what its loss is; the Trainer does everything else. It
 runs as one process on CPU and under ``accelerate launch`` on many: ``train.prompts_per_step`` is
@@ -27,11 +28,12 @@ import torch
 
 from hybridrft.config import Config, config_to_yaml
 from hybridrft.data import Example, load_run_examples
-from hybridrft.data.stream import PromptStream, check_process_shares
+from hybridrft.data.stream import PromptShare, PromptStream, check_process_shares
 from hybridrft.eval import EvalResult, evaluate_sharded
 from hybridrft.models import inference_weights, load_policy, load_tokenizer, load_training_policy
 from hybridrft.models.kv_cache import allow_checkpointed_cache
-from hybridrft.objectives import SFT, BatchTotals, PolicyOutputs, StepPlan, build_objective
+from hybridrft.objectives import (SFT, BatchTotals, FineTuningPlan, InterleavedFineTuning, PolicyOutputs, PromptOutcome,
+                                  StepPlan, build_objective)
 from hybridrft.rewards import get_reward, reward_counters
 from hybridrft.rollout import (RolloutBatch, SamplingParams, VLLMSampler, assemble_batch, build_sampler,
                                demonstration_sequences, logged_samples, prompt_set, rollout_sequences, score_sequences,
@@ -44,10 +46,14 @@ from hybridrft.train.metrics import (StepTimer, add_contributions, combine_contr
 from hybridrft.train.engines import Engine, build_accelerator
 from hybridrft.train.processes import Processes
 from hybridrft.train.saving import save_final_model, save_step_checkpoint
-from hybridrft.train.optimization import build_optimizer, set_phase_learning_rate
+from hybridrft.train.optimization import build_fine_tuning_optimizer, build_optimizer, set_phase_learning_rate
 from hybridrft.train.scoring import PolicyScorer, batch_logprobs, entropy_sums, micro_batch_rows
 
 logger = logging.getLogger(__name__)
+
+# the fine-tuning optimizer's state in a checkpoint: in trainer_state.pt, or, where the engine shards optimizer
+# state (FSDP2), written by every process into this folder of the checkpoint (trainer_state.pt then says SHARDED)
+FINE_TUNING_OPTIMIZER, SHARDED = "fine_tuning_optimizer", "sharded"
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -95,6 +101,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def prompt_outcomes(processes: Processes, share: PromptShare, batch: RolloutBatch) -> list[PromptOutcome]:
+    """Every prompt of the step's global batch with its rollouts' rewards, in global-batch order and
+    the same on every process (each process holds its share; they are gathered and ordered by position)."""
+    rewards, groups, is_demo = batch.reward.tolist(), batch.group.tolist(), batch.is_demo.tolist()
+    mine = [
+        (position, index, tuple(r for r, g, demo in zip(rewards, groups, is_demo) if g == k and not demo))
+        for k, (position, index) in enumerate(zip(share.positions, share.indices))
+    ]
+    everyone = sorted(outcome for part in processes.gather(mine) for outcome in part)
+    return [PromptOutcome(index, rollout_rewards) for _, index, rollout_rewards in everyone]
 
 
 class Trainer:
@@ -158,6 +176,7 @@ class Trainer:
         model.train()
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
         self.model, self.optimizer = self.engine.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
+        self.fine_tuning_optimizer = self._fine_tuning_optimizer()  # an interleaved method's (ReLIFT), else None
         if self.reference is not None:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
@@ -175,10 +194,13 @@ class Trainer:
         self.skipped_steps = self.bad_steps_in_a_row = 0  # steps skipped for a non-finite loss or gradient
         self.large_grad_skipped_updates = 0  # updates not applied for train.skip_grad_norm_above
         if resume_from:
-            self.load_state(ckpt.load_training_state(
+            state = ckpt.load_training_state(
                 resume_from, optimizer=self.optimizer, scheduler=self.scheduler,
                 load_sharded_optimizer=lambda folder: self.engine.load_sharded_optimizer(self.model, self.optimizer, folder),
-            ))
+            )
+            self.load_state(state)
+            if state.get(FINE_TUNING_OPTIMIZER) == SHARDED:  # every process reads its shard
+                self.engine.load_sharded_optimizer(self.model, self.fine_tuning_optimizer, resume_from / FINE_TUNING_OPTIMIZER)
             logger.info("resumed from %s at step %d", resume_from, self.step)
         self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator,
                                      write=self.processes.is_main)
@@ -187,6 +209,25 @@ class Trainer:
     def policy(self):
         """The transformers model being trained (inside the scorer and whatever engine wraps it)."""
         return self.accelerator.unwrap_model(self.model).policy
+
+    def _fine_tuning_optimizer(self) -> torch.optim.Optimizer | None:
+        """The AdamW of an interleaved method's fine-tuning updates (objectives/interleaved.py): over the
+        parameters the engine prepared, its moments apart from the step optimizer's. None for other methods."""
+        objective, method = self.objective, self.config.method
+        if not isinstance(objective, InterleavedFineTuning):
+            return None
+        if self.engine.deepspeed:
+            raise ValueError(f"method {method} makes fine-tuning updates with an optimizer of their own, which DeepSpeed "
+                             "cannot hold beside its engine's; use DDP or FSDP2")
+        examples, updates, count = objective.fine_tuning_examples, objective.fine_tuning_updates, self.processes.count
+        if examples % count or (examples // count) % updates:
+            raise ValueError(f"method {method}: the {examples} examples of a fine-tuning update must divide evenly among "
+                             f"the {count} processes, and each share into its {updates} update(s)")
+        missing = [example.id for example in self.train_set.examples if not example.demonstrations]
+        if missing:  # found now, not when the method first picks one of them
+            raise ValueError(f"method {method} fine-tunes on the demonstrations of the prompts it picks, but {len(missing)} "
+                             f"training examples have none (first: {missing[0]})")
+        return build_fine_tuning_optimizer(self.model, self.config.train)
 
     # ------------------------------------------------------------------ the step
 
@@ -208,7 +249,9 @@ class Trainer:
                 if self.reference is not None:
                     batch.ref_logp = self._logprobs(batch, self.reference)
                 per_update = self.updates(batch, plan)
+            fine_tuning = self.interleaved_fine_tuning(step, step_skipped=bool(per_update[-1]["skipped"]))
         metrics.update(mean_over_updates(per_update))
+        metrics.update(fine_tuning)
         skipped = bool(metrics.pop("skipped"))
         metrics["train/large_grad_skips"] = self._count_large_grad_skips(step, per_update, metrics.pop("large_grad_skip"))
         if skipped:
@@ -254,6 +297,8 @@ class Trainer:
 
         metrics: dict[str, Any] = {"step": step, "plan": plan.kind, **plan.info}
         decisions = self.objective.prepare_batch(batch, plan)  # advantages, masks, coefficients
+        if self.fine_tuning_optimizer is not None:  # an interleaved method decides from every prompt's outcome
+            self._step_outcomes = prompt_outcomes(self.processes, share, batch)
         metrics.update(global_step_metrics(
             self.processes, decisions, batch, per_fn, share.positions, sum(len(c.token_ids) for c in completions),
             demo_truncated, self.config.reward.correct_threshold,
@@ -261,6 +306,54 @@ class Trainer:
         samples = logged_samples(step, sequences, rewards, share.positions)[: cfg.log_samples]
         self._last_samples = [sample for mine in self.processes.gather(samples) for sample in mine][: cfg.log_samples]
         return plan, batch, metrics
+
+    def interleaved_fine_tuning(self, step: int, *, step_skipped: bool) -> dict[str, float]:
+        """After the step's own updates, an interleaved method (ReLIFT) sees every prompt's outcome and may
+        ask for a fine-tuning update; returns its decision metrics and the update's. A skipped step
+        changes nothing, so the method does not see it."""
+        if self.fine_tuning_optimizer is None or step_skipped:
+            return {}
+        fine_tuning = self.objective.plan_fine_tuning(step, self._step_outcomes)
+        self.processes.check_same(fine_tuning.indices, f"step {step}'s fine-tuning examples")
+        metrics = dict(fine_tuning.info)
+        if fine_tuning.indices:
+            with self.timer("fine_tune"):
+                metrics.update(self.fine_tune(fine_tuning))
+        return metrics
+
+    def fine_tune(self, fine_tuning: FineTuningPlan) -> dict[str, float]:
+        """Fine-tuning updates on the demonstrations of the training examples ``fine_tuning`` names, with
+        the fine-tuning optimizer at the plan's constant learning rate and clip. Each process takes its
+        contiguous share of the examples; the prompt stream does not move. Metrics: ``fine_tune/...``."""
+        plan, count, rank = fine_tuning.update_plan, self.processes.count, self.processes.rank
+        per_process = len(fine_tuning.indices) // count
+        mine = fine_tuning.indices[rank * per_process:(rank + 1) * per_process]
+        demos, truncated = demonstration_sequences(
+            self.tokenizer, [self.train_set.examples[i] for i in mine], plan.demos_per_prompt,
+            eos_id=self.sampler.stop_token_id, max_tokens=self.config.data.max_demo_tokens,
+        )
+        # no fine-tuning loss reads a reward: the demonstrations are not scored again
+        batch = assemble_batch([self.train_set.prompt_ids[i] for i in mine], demos, [0.0] * len(demos),
+                               pad_id=self.tokenizer.pad_token_id)
+        self.objective.prepare_batch(batch, plan)
+        for group in self.fine_tuning_optimizer.param_groups:
+            group["lr"] = plan.learning_rate  # constant: the reference gives its fine-tuning optimizer no schedule
+        per_update: list[dict[str, float]] = []
+        for _ in range(fine_tuning.epochs):
+            for rows in update_parts(batch.group, fine_tuning.updates):
+                metrics = self.compute_gradients(batch.select(rows), plan)
+                metrics.update(self.optimizer_update(metrics["loss"], fine_tuning=fine_tuning))
+                per_update.append(combine_contributions(self.processes.gather(metrics)))
+                if metrics["skipped"]:
+                    break
+            if per_update[-1]["skipped"]:
+                break
+        metrics = {k: v for k, v in mean_over_updates(per_update).items() if not k.startswith("time/") and k != "large_grad_skip"}
+        if metrics["skipped"]:
+            logger.warning("a fine-tuning update had a non-finite loss (%s) or gradient norm (%s) and was not applied",
+                           per_update[-1]["loss"], per_update[-1]["grad_norm"])
+        metrics["demo_truncated"], metrics["tokens"] = self.processes.sum([truncated, int(batch.loss_mask.sum())])
+        return {f"fine_tune/{name}": value for name, value in metrics.items()}
 
     def updates(self, batch: RolloutBatch, plan: StepPlan) -> list[dict[str, float]]:
         """The step's optimizer updates: ``epochs_per_batch`` passes over ``updates_per_batch`` parts
@@ -301,20 +394,24 @@ class Trainer:
             add_contributions(sums, term_metrics)
         return {**sums, **timer.metrics()}
 
-    def optimizer_update(self, loss: float = 0.0) -> dict[str, float]:
-        """Record the pre-clip global gradient norm, clip, take the AdamW step, zero the gradients.
+    def optimizer_update(self, loss: float = 0.0, fine_tuning: FineTuningPlan | None = None) -> dict[str, float]:
+        """Record the pre-clip global gradient norm, clip, take the AdamW step, zero the gradients. A
+        fine-tuning update (``fine_tuning``) steps the fine-tuning optimizer with the plan's clip instead.
 
         An update whose loss or gradient norm is not finite on any process is not taken by any: the
         weights and the optimizer's state stay as they were."""
+        cfg = self.config.train
+        optimizer = self.optimizer if fine_tuning is None else self.fine_tuning_optimizer
+        max_norm = cfg.max_grad_norm if fine_tuning is None else fine_tuning.max_grad_norm
+        limit = cfg.skip_grad_norm_above if fine_tuning is None else None  # a setting of the step's updates
         timer = StepTimer(self.accelerator.device)
         with timer("optimizer"):
-            grad_norm = self.engine.clip_gradients(self.model, self.config.train.max_grad_norm)
+            grad_norm = self.engine.clip_gradients(self.model, max_norm)
             skipped = not self.processes.all_true(is_finite(loss, grad_norm))
-            limit = self.config.train.skip_grad_norm_above
             too_large = not skipped and limit is not None and grad_norm > limit  # the global norm: one verdict
-            self.engine.step(self.optimizer, take=not (skipped or too_large))
+            self.engine.step(optimizer, take=not (skipped or too_large))
         self.weights_version += 1  # also after a skipped update: under DeepSpeed it was applied regardless
-        return {"grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped": float(skipped),
+        return {"grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": float(skipped),
                 "large_grad_skip": float(too_large), **timer.metrics()}
 
     def _count_large_grad_skips(self, step: int, per_update: list[dict[str, float]], mean: float) -> float:
@@ -391,19 +488,31 @@ class Trainer:
         """What a checkpoint holds beside weights, optimizer and schedule (RNG states are added to it)."""
         return {"step": self.step, "data_cursor": self.prompts.cursor, "skipped_steps": self.skipped_steps,
                 "bad_steps_in_a_row": self.bad_steps_in_a_row, "large_grad_skipped_updates": self.large_grad_skipped_updates,
-                "objective": self.objective.state_dict()}
+                "objective": self.objective.state_dict(), FINE_TUNING_OPTIMIZER: self._fine_tuning_optimizer_state()}
+
+    def _fine_tuning_optimizer_state(self) -> dict[str, Any] | str | None:
+        """None (no fine-tuning optimizer, or no fine-tuning update made yet: nothing to keep), its
+        state, or SHARDED where the engine shards optimizer state (``save`` writes the shards)."""
+        optimizer = self.fine_tuning_optimizer
+        if optimizer is None or not optimizer.state:
+            return None
+        return SHARDED if self.engine.shards_optimizer else optimizer.state_dict()
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.step, self.prompts.cursor = state["step"], state["data_cursor"]
         self.skipped_steps, self.bad_steps_in_a_row = state.get("skipped_steps", 0), state.get("bad_steps_in_a_row", 0)
         self.large_grad_skipped_updates = state.get("large_grad_skipped_updates", 0)
         self.objective.load_state_dict(state["objective"])
+        if isinstance(state.get(FINE_TUNING_OPTIMIZER), dict):  # SHARDED: read from the checkpoint's folder
+            self.fine_tuning_optimizer.load_state_dict(state[FINE_TUNING_OPTIMIZER])
 
     def save(self) -> Path:
         return save_step_checkpoint(
             self.checkpoint_dir, self.step, engine=self.engine, processes=self.processes, model=self.model,
             policy=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
             trainer_state=self.state_dict(), keep=self.config.train.keep_checkpoints,
+            sharded_optimizers={FINE_TUNING_OPTIMIZER: self.fine_tuning_optimizer}
+            if self._fine_tuning_optimizer_state() == SHARDED else None,
         )
 
     def train(self, stop_at: int | None = None) -> TrainResult:
