@@ -338,16 +338,7 @@ class Trainer:
         self.objective.prepare_batch(batch, plan)
         for group in self.fine_tuning_optimizer.param_groups:
             group["lr"] = plan.learning_rate  # constant: the reference gives its fine-tuning optimizer no schedule
-        per_update: list[dict[str, float]] = []
-        for _ in range(fine_tuning.epochs):
-            for rows in update_parts(batch.group, fine_tuning.updates):
-                metrics = self.compute_gradients(batch.select(rows), plan)
-                metrics.update(self.optimizer_update(metrics["loss"], fine_tuning=fine_tuning))
-                per_update.append(combine_contributions(self.processes.gather(metrics)))
-                if metrics["skipped"]:
-                    break
-            if per_update[-1]["skipped"]:
-                break
+        per_update = self.updates(batch, plan, fine_tuning=fine_tuning)
         metrics = {k: v for k, v in mean_over_updates(per_update).items() if not k.startswith("time/") and k != "large_grad_skip"}
         if metrics["skipped"]:
             logger.warning("a fine-tuning update had a non-finite loss (%s) or gradient norm (%s) and was not applied",
@@ -355,15 +346,17 @@ class Trainer:
         metrics["demo_truncated"], metrics["tokens"] = self.processes.sum([truncated, int(batch.loss_mask.sum())])
         return {f"fine_tune/{name}": value for name, value in metrics.items()}
 
-    def updates(self, batch: RolloutBatch, plan: StepPlan) -> list[dict[str, float]]:
+    def updates(self, batch: RolloutBatch, plan: StepPlan, fine_tuning: FineTuningPlan | None = None) -> list[dict[str, float]]:
         """The step's optimizer updates: ``epochs_per_batch`` passes over ``updates_per_batch`` parts
-        of the batch. An update with a non-finite value is not taken, and neither is any after it."""
+        of the batch (a fine-tuning update: the plan's epochs and parts, its own optimizer). An update
+        with a non-finite value is not taken, and neither is any after it."""
         cfg = self.config.train
+        epochs, parts = (cfg.epochs_per_batch, cfg.updates_per_batch) if fine_tuning is None else (fine_tuning.epochs, fine_tuning.updates)
         per_update: list[dict[str, float]] = []
-        for _ in range(cfg.epochs_per_batch):
-            for rows in update_parts(batch.group, cfg.updates_per_batch):
+        for _ in range(epochs):
+            for rows in update_parts(batch.group, parts):
                 metrics = self.compute_gradients(batch.select(rows), plan)
-                metrics.update(self.optimizer_update(metrics["loss"]))
+                metrics.update(self.optimizer_update(metrics["loss"], fine_tuning=fine_tuning))
                 per_update.append(combine_contributions(self.processes.gather(metrics)))
                 if metrics["skipped"]:
                     return per_update
