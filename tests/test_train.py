@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from hybridrft.train import Trainer, latest_checkpoint, list_checkpoints, read_metrics
+from hybridrft.train import RunFolderError, Trainer, latest_checkpoint, list_checkpoints, read_metrics
 
 METHODS = ["sft", "grpo", "srft", "sasr", "two_stage", "static_mix", "luffy", "chord", "hpt"]
 
@@ -164,7 +164,7 @@ def test_checkpoints_are_atomic_and_pruned(tiny_model_dir, tmp_path):
 def test_existing_run_is_not_overwritten_silently(tiny_model_dir, tmp_path):
     config = tiny_config(tiny_model_dir, tmp_path / "run", "method=sft", "train.max_steps=1")
     Trainer(config).train()
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunFolderError, match="already holds a run.*--resume"):
         Trainer(config)
     Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=sft", "train.max_steps=1", "train.overwrite=true"))
 

@@ -35,16 +35,20 @@ def _load(recipe: Optional[Path], overrides: List[str]):
 
 def _run_training(config) -> "TrainResult":  # noqa: F821
     from hybridrft.models import ModelNotFoundError
-    from hybridrft.train import CheckpointError, CheckpointWriteError, NonFiniteTrainingError, Trainer
+    from hybridrft.train import (STOPPED_EXIT_CODE, CheckpointError, CheckpointWriteError, NonFiniteTrainingError,
+                                 RunFolderError, Trainer, TrainingStopped)
 
     try:
         trainer = Trainer(config)
-    except (FileNotFoundError, FileExistsError, ModelNotFoundError, ValueError, CheckpointError) as err:
+    except (FileNotFoundError, FileExistsError, ModelNotFoundError, ValueError, CheckpointError, RunFolderError) as err:
         fail(str(err))
     try:
         result = trainer.train()
     except (NonFiniteTrainingError, CheckpointWriteError) as err:
         fail(str(err))
+    except TrainingStopped as stopped:
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {stopped}", highlight=False)
+        raise typer.Exit(STOPPED_EXIT_CODE)
     if not result.is_main_process:  # rank 0 writes the report
         return result
     from hybridrft.report import write_report
@@ -64,7 +68,10 @@ def train(
     and report.html into train.output_dir.
 
     On several devices: accelerate launch --config_file recipes/accelerate/ddp.yaml -m hybridrft train RECIPE
-    (train.prompts_per_step is the global batch; FSDP2 and ZeRO configs: docs/scaling.md)."""
+    (train.prompts_per_step is the global batch; FSDP2 and ZeRO configs: docs/scaling.md).
+
+    One run per folder: a fresh run needs an empty train.output_dir (or train.overwrite=true). SIGTERM or
+    Ctrl-C checkpoints the last finished step and exits with code 75; a second one stops at once."""
     setup_logging(verbose)
     config = _load(recipe, list(overrides or []) + (["train.resume=true"] if resume else []))
     result = _run_training(config)

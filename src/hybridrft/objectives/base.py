@@ -121,6 +121,7 @@ class Objective(ABC):
     config_section: ClassVar[type | None] = None  # the method's own dataclass, read as config.<name>
     defaults: ClassVar[dict[str, Any]] = {}  # the method's reference values for shared keys
     has_rl_term: ClassVar[bool] = True  # False for pure SFT: no entropy bonus, no KL, no reference
+    trains_on_demonstrations: ClassVar[bool] = True  # False: the method never reads a demonstration (GRPO)
     summary_keys: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, label) for the progress line
 
     def __init__(self, config: Config):
@@ -154,6 +155,11 @@ class Objective(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    @property
+    def needs_demonstrations(self) -> bool:
+        """Every training example must have a demonstration (checked before the model loads)."""
+        return self.trains_on_demonstrations and self.config.group.demos_per_prompt > 0
 
     @property
     def needs_reference(self) -> bool:

@@ -108,6 +108,7 @@ class GRPOObjective(Objective):
     """Pure RL: ``group.num_generations`` rollouts per prompt, no demonstrations."""
 
     name = "grpo"
+    trains_on_demonstrations = False
     defaults = {"grpo.dual_clip": 3.0}  # verl compute_policy_loss_vanilla: clip_ratio_c 3.0 (the GRPO term's source)
 
     def plan(self, step: int) -> StepPlan:

@@ -9,6 +9,8 @@ from hybridrft.train.checkpoint import (
     save_checkpoint,
 )
 from hybridrft.train.logging import MetricsLogger, read_metrics
+from hybridrft.train.run_folder import RunFolderError
+from hybridrft.train.stopping import STOPPED_EXIT_CODE, TrainingStopped
 from hybridrft.train.trainer import NonFiniteTrainingError, Trainer, TrainResult
 
 __all__ = [
@@ -16,8 +18,11 @@ __all__ = [
     "CheckpointWriteError",
     "MetricsLogger",
     "NonFiniteTrainingError",
+    "RunFolderError",
+    "STOPPED_EXIT_CODE",
     "TrainResult",
     "Trainer",
+    "TrainingStopped",
     "latest_checkpoint",
     "latest_complete_checkpoint",
     "list_checkpoints",

@@ -9,6 +9,7 @@ A checkpoint is a folder ``checkpoints/step-NNNNNN`` holding
   state is a folder ``optimizer/`` of per-process shards written with torch.distributed.checkpoint);
 - ``trainer_state.pt``: step, data cursor, the objective's state (e.g. SASR's gradient norms and
   generator) and every RNG state (Python, NumPy, torch CPU and CUDA);
+- ``config.yaml``: the config the steps up to this one were trained with (compared on resume);
 - ``manifest.json``, written last: every other file's name, size and SHA-256.
 
 How it is written: into a temporary folder, every file fsynced, the manifest written and fsynced,
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TEMP_PREFIX = ".step-"  # a checkpoint being written; never listed, removed when a run starts
 MANIFEST = "manifest.json"
+CONFIG_FILE = "config.yaml"
 STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.pt")
 MODEL_CONFIGS = ("model/config.json", "model/adapter_config.json")  # a full model's folder, a LoRA adapter's
 PAUSE_ENV = "HYBRIDRFT_TEST_PAUSE_AT"  # test-only: "<point>:<step>" stops the process there (see pause_point)
@@ -89,16 +91,17 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ writing
 
-def pause_point(point: str, step: int) -> None:
+def pause_point(point: str, step: int, until=None) -> None:
     """Test-only: with ``HYBRIDRFT_TEST_PAUSE_AT=<point>:<step>``, announce the pause on stderr and
-    wait here to be killed, so a test can kill a training process at an exact moment."""
+    wait here to be killed (or signalled), so a test can stop a training process at an exact moment;
+    ``until``: a condition that ends the wait (checked every 50 ms)."""
     if os.environ.get(PAUSE_ENV) == f"{point}:{step}":
         import sys
         import time
 
         print(f"hybridrft: paused at {point}:{step}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(60)
+        while until is None or not until():
+            time.sleep(0.05)
 
 
 def _write_chunk(fd: int, data: memoryview) -> int:
@@ -166,12 +169,14 @@ def save_checkpoint(
     keep: int = 2,
     model_state: dict[str, Any] | None = None,
     folder: Path | None = None,
+    config_yaml: str | None = None,
 ) -> Path:
     """Write ``root/step-{step}`` atomically and durably and keep only the newest ``keep`` checkpoints.
 
     ``model_state``: the full weights when ``model``'s own are sharded (gathered by the caller).
     ``folder``: a temporary folder from ``new_checkpoint_folder`` that already holds the optimizer's
-    shards in ``optimizer/`` (then ``optimizer`` is None).
+    shards in ``optimizer/`` (then ``optimizer`` is None). ``config_yaml``: the run's config, kept as
+    ``config.yaml``.
 
     A write that fails (``ENOSPC``: a full disk) removes its temporary folder, leaves every earlier
     checkpoint as it was, and raises ``CheckpointWriteError`` naming the folder and the space needed.
@@ -194,6 +199,8 @@ def save_checkpoint(
             fsync_path(shard)  # every process's shard, in whatever folders the engine wrote them
         write_durably(tmp / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
         write_durably(tmp / "trainer_state.pt", _torch_bytes({**trainer_state, "rng": rng_states()}))
+        if config_yaml is not None:
+            write_durably(tmp / CONFIG_FILE, config_yaml.encode())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "step": step,

@@ -17,6 +17,7 @@ from hybridrft.train import checkpoint as ckpt
 def save_step_checkpoint(
     root: Path, step: int, *, engine, processes, model, policy, tokenizer, optimizer, scheduler,
     trainer_state: dict[str, Any], keep: int, sharded_optimizers: dict[str, Any] | None = None,
+    config_yaml: str | None = None,
 ) -> Path:
     """``root/step-N``, atomic and verified (``checkpoint.save_checkpoint``), from every process.
     ``sharded_optimizers``: further optimizers (an interleaved method's fine-tuning optimizer) whose
@@ -37,6 +38,7 @@ def save_step_checkpoint(
         final = ckpt.save_checkpoint(
             root, step, model=policy, tokenizer=tokenizer, optimizer=None if folder else optimizer,
             scheduler=scheduler, trainer_state=trainer_state, keep=keep, model_state=model_state, folder=folder,
+            config_yaml=config_yaml,
         )
     processes.wait()
     return final

@@ -15,9 +15,11 @@ process would. Rank 0 alone writes the run folder.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import warnings
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
-from hybridrft.config import Config, config_to_yaml
+from hybridrft.config import Config, config_to_dict, config_to_yaml
 from hybridrft.data import Example, load_run_examples
 from hybridrft.data.stream import PromptShare, PromptStream, check_process_shares
 from hybridrft.eval import EvalResult, evaluate_sharded
@@ -44,6 +47,12 @@ from hybridrft.train.memory import return_freed_blocks_at_once
 from hybridrft.train.metrics import (StepTimer, add_contributions, combine_contributions, global_step_metrics, is_finite,
                                      mean_over_updates, step_costs)
 from hybridrft.train.engines import Engine, build_accelerator
+from hybridrft.train.preflight import (check_context_length, demonstration_lengths, describe_model,
+                                       keep_examples_with_demonstrations, model_positions)
+from hybridrft.train.run_folder import (CONFIG_CHANGES_FILE, CONFIG_FILE, RunFolderError, RunFolderLock,
+                                        prepare_run_folder, record_config_changes, resume_config_changes,
+                                        write_text_atomically)
+from hybridrft.train.stopping import StopRequested, StopSignals, TrainingStopped
 from hybridrft.train.processes import Processes
 from hybridrft.train.saving import save_final_model, save_step_checkpoint
 from hybridrft.train.optimization import build_fine_tuning_optimizer, build_optimizer, set_phase_learning_rate
@@ -146,27 +155,36 @@ class Trainer:
         if cfg.skip_grad_norm_above is not None and not self.engine.can_skip_updates:
             raise ValueError("train.skip_grad_norm_above cannot withhold an update under DeepSpeed, which applies it "
                              "inside the backward pass; use DDP or FSDP2, or leave it unset")
+        self.signals = StopSignals(immediate=self.processes.count == 1)  # handlers installed while train() runs
+        self.lock = self._claim_run_folder()  # one run per folder; a fresh run needs an empty one
         resume_from = ckpt.checkpoint_to_resume(
             self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
             is_main=self.processes.is_main, wait=self.processes.wait,
         )
+        self.resumed_from = resume_from
+        self.config_changes = self._check_resume_config(resume_from)
 
-        # model, tokenizer, objective (a resumed run takes the weights of its checkpoint)
-        self.tokenizer = tokenizer or load_tokenizer(config.model.name_or_path)
+        # tokenizer, objective, data: checked against the method and the model before the model loads
+        self.tokenizer = tokenizer or load_tokenizer(str(resume_from / "model") if resume_from else config.model.name_or_path)
+        self.objective = build_objective(config)
+        source = config.data.source if train_examples is None else "the training examples given"
+        if train_examples is None:
+            train_examples, loaded_eval = load_run_examples(config)
+            eval_examples = loaded_eval if eval_examples is None else eval_examples
+        if self.objective.needs_demonstrations:
+            train_examples = keep_examples_with_demonstrations(
+                train_examples, on_error=config.data.on_error, method=config.method, source=source)
+        self.train_set = prompt_set(self.tokenizer, train_examples, config.data, "training data", required=True)
+        self.eval_set = prompt_set(self.tokenizer, eval_examples or [], config.data, "evaluation data")
+        self._check_context_length(model)
+
+        # the policy (a resumed run takes the weights of its checkpoint) and the reference
         model = load_training_policy(config.model, checkpoint=resume_from / "model" if resume_from else None, model=model)
         allow_checkpointed_cache(model)  # the shared-prompt forward's caches are safe to replay
-        self.objective = build_objective(config)
         self.reference = None
         if self.objective.needs_reference:
             with self.engine.plain_model_loading():  # whole, not partitioned by ZeRO-3
                 self.reference = load_policy(config.model.name_or_path, dtype=config.model.dtype).eval().requires_grad_(False)
-
-        # data and rewards
-        if train_examples is None:
-            train_examples, loaded_eval = load_run_examples(config)
-            eval_examples = loaded_eval if eval_examples is None else eval_examples
-        self.train_set = prompt_set(self.tokenizer, train_examples, config.data, "training data", required=True)
-        self.eval_set = prompt_set(self.tokenizer, eval_examples or [], config.data, "evaluation data")
         self.reward_fns = reward_fns or [
             (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
         ]
@@ -191,6 +209,7 @@ class Trainer:
         self.timer = StepTimer(self.accelerator.device)  # the current step's phases
         self.prompts = PromptStream(len(self.train_set), cfg.seed, rank=self.processes.rank, world_size=self.processes.count)
         self.evals: dict[int, EvalResult] = {}
+        self.eval_pending = False  # an evaluation due after self.step has not been made yet
         self.skipped_steps = self.bad_steps_in_a_row = 0  # steps skipped for a non-finite loss or gradient
         self.large_grad_skipped_updates = 0  # updates not applied for train.skip_grad_norm_above
         if resume_from:
@@ -204,6 +223,60 @@ class Trainer:
             logger.info("resumed from %s at step %d", resume_from, self.step)
         self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator,
                                      write=self.processes.is_main)
+
+    def _claim_run_folder(self) -> RunFolderLock | None:
+        """Rank 0 locks the run folder and checks it suits the run (empty for a fresh run; with
+        ``train.overwrite`` the previous run's outputs are removed); every process gets the verdict."""
+        cfg, lock, problem = self.config.train, None, None
+        if self.processes.is_main:
+            try:
+                lock = RunFolderLock(self.output_dir).acquire()
+                prepare_run_folder(self.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+            except RunFolderError as error:
+                if lock is not None:
+                    lock.release()
+                problem = str(error)
+        problem = self.processes.gather(problem)[0]
+        if problem:
+            raise RunFolderError(problem)
+        if lock is not None:
+            weakref.finalize(self, lock.release)  # a trainer dropped without train() lets go of its folder
+        return lock
+
+    def _check_resume_config(self, checkpoint: Path | None) -> dict[str, tuple[Any, Any]]:
+        """The settings that differ from the config ``checkpoint`` was trained with (the run folder's
+        ``config.yaml`` for a checkpoint that holds none); refuses those that change what the earlier
+        steps meant unless ``train.allow_config_changes`` names them, and warns of the others."""
+        if checkpoint is None:
+            return {}
+        saved_path = checkpoint / ckpt.CONFIG_FILE
+        if not saved_path.is_file():
+            saved_path = self.output_dir / CONFIG_FILE
+        if not saved_path.is_file():
+            logger.warning("resuming from %s, which records no config: the settings cannot be compared", checkpoint)
+            return {}
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changes = resume_config_changes(saved, config_to_dict(self.config), allowed=getattr(self.config.train, "allow_config_changes", ()))
+        if changes:
+            logger.warning("resuming after step %s with changed settings (recorded in %s): %s", checkpoint.name,
+                           CONFIG_CHANGES_FILE, "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+        return changes
+
+    def _check_context_length(self, model) -> None:
+        """Prompt + rollout, prompt + evaluation and prompt + demonstration budgets against the model's
+        positions (``train/preflight.py``)."""
+        config, plan_demos = self.config, self.objective.needs_demonstrations
+        name = config.model.name_or_path
+        examples = self.train_set.examples
+        demo_lengths = demonstration_lengths(self.tokenizer, examples, config.group.demos_per_prompt,
+                                             config.data.max_demo_tokens) if plan_demos else None
+        check_context_length(
+            positions=model_positions(name, model), model_name=describe_model(name, model),
+            train_prompt_ids=self.train_set.prompt_ids, eval_prompt_ids=self.eval_set.prompt_ids,
+            rollout_tokens=config.rollout.max_new_tokens if self.objective.has_rl_term else None,
+            eval_tokens=config.eval.max_new_tokens or config.rollout.max_new_tokens,
+            demo_lengths=demo_lengths, demo_example_ids=[example.id for example in examples],
+        )
 
     @property
     def policy(self):
@@ -223,10 +296,6 @@ class Trainer:
         if examples % count or (examples // count) % updates:
             raise ValueError(f"method {method}: the {examples} examples of a fine-tuning update must divide evenly among "
                              f"the {count} processes, and each share into its {updates} update(s)")
-        missing = [example.id for example in self.train_set.examples if not example.demonstrations]
-        if missing:  # found now, not when the method first picks one of them
-            raise ValueError(f"method {method} fine-tunes on the demonstrations of the prompts it picks, but {len(missing)} "
-                             f"training examples have none (first: {missing[0]})")
         return build_fine_tuning_optimizer(self.model, self.config.train)
 
     # ------------------------------------------------------------------ the step
@@ -236,18 +305,21 @@ class Trainer:
         cfg = self.config.train
         self.timer = StepTimer(self.accelerator.device)
         counts_before = reward_counters()  # process-wide counters: the step logs its own share
+        updates = cfg.updates_per_batch * cfg.epochs_per_batch
         with self.timer("step"):
-            plan, batch, metrics = self.collect(step)
-            with self.timer("train"):
+            with self.signals.interruptible():  # a stop request abandons the step until its first update
+                plan, batch, metrics = self.collect(step)
+                with self.timer("train"):
+                    if updates > 1 and plan.kind != SFT:  # the behaviour policy of every later update's ratio
+                        batch.old_logp = self._logprobs(batch, self.model)
+                    if self.reference is not None:
+                        batch.ref_logp = self._logprobs(batch, self.reference)
+                self._abandon_step_if_stopping()
+            with self.timer("train"):  # from here on the step is finished, whatever arrives
                 set_phase_learning_rate(
                     self.optimizer, self.scheduler, base=cfg.learning_rate,
                     phase_rate=plan.learning_rate, reset=plan.reset_optimizer,
                 )
-                updates = cfg.updates_per_batch * cfg.epochs_per_batch
-                if updates > 1 and plan.kind != SFT:  # the behaviour policy of every later update's ratio
-                    batch.old_logp = self._logprobs(batch, self.model)
-                if self.reference is not None:
-                    batch.ref_logp = self._logprobs(batch, self.reference)
                 per_update = self.updates(batch, plan)
             fine_tuning = self.interleaved_fine_tuning(step, step_skipped=bool(per_update[-1]["skipped"]))
         metrics.update(mean_over_updates(per_update))
@@ -285,7 +357,9 @@ class Trainer:
         # each prompt with its own seed: the same rollouts on any process count
         with self.sampling_weights(self.timer) if params.n > 0 else nullcontext(), self.timer("generate"):
             completions = self.sampler.generate(prompts, params, seeds=share.seeds) if params.n > 0 else []
-        ckpt.pause_point("sampling", step)  # test-only: a reliability test kills the process here
+        # test-only: a reliability test kills or signals the process here
+        ckpt.pause_point("sampling", step, until=lambda: self.signals.requested is not None)
+        self._abandon_step_if_stopping()
         demos, demo_truncated = demonstration_sequences(
             self.tokenizer, examples, plan.demos_per_prompt,
             eos_id=self.sampler.stop_token_id, max_tokens=self.config.data.max_demo_tokens,
@@ -305,6 +379,7 @@ class Trainer:
         ))
         samples = logged_samples(step, sequences, rewards, share.positions)[: cfg.log_samples]
         self._last_samples = [sample for mine in self.processes.gather(samples) for sample in mine][: cfg.log_samples]
+        self._abandon_step_if_stopping()
         return plan, batch, metrics
 
     def interleaved_fine_tuning(self, step: int, *, step_skipped: bool) -> dict[str, float]:
@@ -356,6 +431,8 @@ class Trainer:
         for _ in range(epochs):
             for rows in update_parts(batch.group, parts):
                 metrics = self.compute_gradients(batch.select(rows), plan)
+                # test-only: a reliability test signals the process here, inside the step's first update
+                ckpt.pause_point("update", self.step, until=lambda: self.signals.requested is not None)
                 metrics.update(self.optimizer_update(metrics["loss"], fine_tuning=fine_tuning))
                 per_update.append(combine_contributions(self.processes.gather(metrics)))
                 if metrics["skipped"]:
@@ -468,10 +545,22 @@ class Trainer:
             )
 
     def _run_eval(self, progress: StepProgress) -> None:
+        """Evaluate after ``self.step``. A stop request abandons the evaluation (one process) and puts the
+        RNGs back as they were before it, so the resumed run's evaluation is the one this would have been."""
+        self.eval_pending = True
         if not len(self.eval_set):
+            self.eval_pending = False
             return
         task = progress.start_eval(len(self.eval_set), self.step)
-        result = self.evaluate(on_batch=lambda k: progress.advance_eval(task, k))
+        rng = ckpt.rng_states()
+        try:
+            with self.signals.interruptible():
+                ckpt.pause_point("eval", self.step, until=lambda: self.signals.requested is not None)  # test-only
+                result = self.evaluate(on_batch=lambda k: progress.advance_eval(task, k))
+        except StopRequested:
+            ckpt.restore_rng_states(rng)
+            raise
+        self.eval_pending = False
         progress.finish_eval(task, result)
         self.evals[self.step] = result
         self.metrics.log({"step": self.step, **result.metrics()}, kind="eval")
@@ -479,9 +568,14 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds beside weights, optimizer and schedule (RNG states are added to it)."""
+        return {**self._progress_state(), FINE_TUNING_OPTIMIZER: self._fine_tuning_optimizer_state()}
+
+    def _progress_state(self) -> dict[str, Any]:
+        """Where the run is: what a step changes before its first optimizer update, and the counters.
+        ``eval_pending``: the evaluation due after this step was abandoned (a resumed run makes it first)."""
         return {"step": self.step, "data_cursor": self.prompts.cursor, "skipped_steps": self.skipped_steps,
                 "bad_steps_in_a_row": self.bad_steps_in_a_row, "large_grad_skipped_updates": self.large_grad_skipped_updates,
-                "objective": self.objective.state_dict(), FINE_TUNING_OPTIMIZER: self._fine_tuning_optimizer_state()}
+                "objective": self.objective.state_dict(), "eval_pending": self.eval_pending}
 
     def _fine_tuning_optimizer_state(self) -> dict[str, Any] | str | None:
         """None (no fine-tuning optimizer, or no fine-tuning update made yet: nothing to keep), its
@@ -495,50 +589,116 @@ class Trainer:
         self.step, self.prompts.cursor = state["step"], state["data_cursor"]
         self.skipped_steps, self.bad_steps_in_a_row = state.get("skipped_steps", 0), state.get("bad_steps_in_a_row", 0)
         self.large_grad_skipped_updates = state.get("large_grad_skipped_updates", 0)
+        self.eval_pending = state.get("eval_pending", False)
         self.objective.load_state_dict(state["objective"])
         if isinstance(state.get(FINE_TUNING_OPTIMIZER), dict):  # SHARDED: read from the checkpoint's folder
             self.fine_tuning_optimizer.load_state_dict(state[FINE_TUNING_OPTIMIZER])
 
     def save(self) -> Path:
-        return save_step_checkpoint(
+        path = save_step_checkpoint(
             self.checkpoint_dir, self.step, engine=self.engine, processes=self.processes, model=self.model,
             policy=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
             trainer_state=self.state_dict(), keep=self.config.train.keep_checkpoints,
             sharded_optimizers={FINE_TUNING_OPTIMIZER: self.fine_tuning_optimizer}
             if self._fine_tuning_optimizer_state() == SHARDED else None,
+            config_yaml=config_to_yaml(self.config),
         )
+        self._saved = (self.step, self.eval_pending)
+        return path
+
+    # ------------------------------------------------------------------ stopping on a signal (train/stopping.py)
+
+    def _stop_agreed(self) -> bool:
+        """Whether a stop was requested, as every process sees it (one all-reduce under several)."""
+        local = self.signals.requested is not None
+        return local if self.processes.count == 1 else not self.processes.all_true(not local)
+
+    def _abandon_step_if_stopping(self) -> None:
+        """A point where the processes agree to abandon the step (before its first update)."""
+        if self._stop_agreed():
+            raise StopRequested(self.signals.requested)
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The state a step starts from (its abandonment rewinds to it); the weights and optimizers
+        are not in it: nothing before a step's first update changes them."""
+        return copy.deepcopy(self._progress_state()), ckpt.rng_states()
+
+    def _rewind(self, snapshot: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        state, rng = snapshot
+        self.load_state(state)
+        ckpt.restore_rng_states(rng)
+
+    def _stop(self) -> None:
+        """Checkpoint the last finished step (unless it is saved already) and raise ``TrainingStopped``."""
+        name = next((n for n in self.processes.gather(self.signals.requested) if n), "a signal to another process")
+        checkpoint = None
+        if self.step > 0:
+            saved = getattr(self, "_saved", None) == (self.step, self.eval_pending)
+            checkpoint = self.checkpoint_dir / f"step-{self.step:06d}" if saved else self.save()
+        detail = " (the evaluation due after this step runs first when the run resumes)" if self.eval_pending else ""
+        raise TrainingStopped(name, self.step, checkpoint, self.output_dir, detail)
 
     def train(self, stop_at: int | None = None) -> TrainResult:
-        """Run to ``train.max_steps`` (or stop early after step ``stop_at``, checkpointed, resumable)."""
+        """Run to ``train.max_steps`` (or stop early after step ``stop_at``, checkpointed, resumable).
+
+        SIGTERM or SIGINT stops it: the last finished step is checkpointed and ``TrainingStopped`` is
+        raised (``train/stopping.py``). The run folder's lock is released when this returns."""
+        try:
+            with self.signals:
+                return self._train(stop_at)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _train(self, stop_at: int | None) -> TrainResult:
         cfg, main = self.config.train, self.processes.is_main
         last_step = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
         if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(config_to_yaml(self.config))
+            config_file = self.output_dir / CONFIG_FILE
+            if self.resumed_from is None or not config_file.exists():  # a resumed run keeps the record it started with
+                write_text_atomically(config_file, config_to_yaml(self.config))
+            if self.resumed_from is not None:
+                record_config_changes(self.output_dir, self.step, self.config_changes)
         if cfg.report_to:
             self.accelerator.init_trackers(self.output_dir.name)
         with StepProgress(
             cfg.max_steps, self.step, self.config.method, cfg.log_every,
             method_keys=self.objective.summary_keys, enabled=main,
         ) as progress:
-            if self.step == 0 and self.config.eval.at_start:
-                self._run_eval(progress)
-            while self.step < last_step:
-                self.step += 1
-                metrics = self.training_step(self.step)
-                self.metrics.log(metrics)
-                self.metrics.write_samples(self._last_samples)
-                progress.step_done(metrics)
-                if self.bad_steps_in_a_row >= cfg.max_bad_steps:
-                    last = ckpt.latest_complete_checkpoint(self.checkpoint_dir)
-                    raise NonFiniteTrainingError(self.bad_steps_in_a_row, self.step, cfg.max_bad_steps, last)
-                if self.config.eval.every and self.step % self.config.eval.every == 0 and self.step < last_step:
+            try:
+                if (self.step == 0 and self.config.eval.at_start) or self.eval_pending:
                     self._run_eval(progress)
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last_step:
-                    self.save()
-                ckpt.pause_point("between_steps", self.step)  # test-only: a reliability test kills the process here
-            if self.step == cfg.max_steps and self.step not in self.evals:
-                self._run_eval(progress)
+                while self.step < last_step:
+                    if self._stop_agreed():
+                        self._stop()
+                    start = self._snapshot()
+                    self.step += 1
+                    try:
+                        metrics = self.training_step(self.step)
+                    except StopRequested:
+                        self._rewind(start)  # the abandoned step never happened
+                        raise
+                    self.metrics.log(metrics)
+                    self.metrics.write_samples(self._last_samples)
+                    progress.step_done(metrics)
+                    if self.bad_steps_in_a_row >= cfg.max_bad_steps:
+                        last = ckpt.latest_complete_checkpoint(self.checkpoint_dir)
+                        raise NonFiniteTrainingError(self.bad_steps_in_a_row, self.step, cfg.max_bad_steps, last)
+                    self.eval_pending = bool(self.config.eval.every and self.step % self.config.eval.every == 0
+                                             and self.step < last_step)
+                    if self._stop_agreed():
+                        self._stop()
+                    if self.eval_pending:
+                        self._run_eval(progress)
+                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < last_step:
+                        self.save()
+                    ckpt.pause_point("between_steps", self.step)  # test-only: a reliability test kills the process here
+                if self.step == cfg.max_steps and self.step not in self.evals:
+                    self._run_eval(progress)
+            except StopRequested:
+                self._stop()
+        if self.signals.requested:
+            logger.warning("%s arrived after the last step: finishing the run's final save", self.signals.requested)
         self.save()
         final = None
         if self.step == cfg.max_steps:
