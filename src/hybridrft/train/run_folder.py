@@ -215,7 +215,7 @@ def prepare_run_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
         return
     names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in contents[:8]) + (" ..." if len(contents) > 8 else "")
     if not overwrite:
-        holds = "a run" if run_outputs_in(folder) else "files"
+        holds = "a run" if any((folder / name).exists() for name in ("checkpoints", "metrics.jsonl", "final_model")) else "files"
         raise RunFolderError(
             f"train.output_dir {folder} already holds {holds} ({names}); pass --resume to continue the run in it, "
             "train.overwrite=true to start over in it (the previous run's outputs are removed), or choose another "
