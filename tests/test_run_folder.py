@@ -246,3 +246,24 @@ def test_read_only_and_full_output_locations_fail_at_start(tiny_model_dir, tmp_p
     finally:
         for folder in (read_only, full):
             subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_an_allowed_model_change_still_needs_the_same_tokenizer(tiny_model_dir, tmp_path):
+    import shutil
+
+    from hybridrft.models import load_tokenizer
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_model_dir, out, "method=sft", "train.max_steps=1")).train()
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, moved)  # the same model in another folder: allowed, resumes
+    Trainer(tiny_config(moved, out, "method=sft", "train.max_steps=2", "train.resume=true",
+                        "train.allow_config_changes=[model.name_or_path]")).train()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    tokenizer = load_tokenizer(str(other))
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match=rf"the tokenizer of model.name_or_path={other} differs from that of the checkpoint"):
+        Trainer(tiny_config(other, out, "method=sft", "train.max_steps=3", "train.resume=true",
+                            "train.allow_config_changes=[model]"))

@@ -262,7 +262,10 @@ class TrainConfig:
     report_to: List[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     num_threads: Optional[int] = None  # torch intra-op threads (default: all cores)
     resume: bool = False  # continue from the latest checkpoint in output_dir
-    overwrite: bool = False  # start over in an output_dir that already holds checkpoints
+    overwrite: bool = False  # start over in an output_dir that is not empty (the previous run's outputs are removed first)
+    # settings that may differ from the checkpoint's config on resume although they change what the earlier
+    # steps meant (method, model, data, group shape: docs/reliability.md); a section name allows all its keys
+    allow_config_changes: List[str] = field(default_factory=list)
     log_every: int = 1  # print a summary line every N steps (metrics.jsonl gets every step)
     # several optimizer updates per generation batch: the step's prompt groups are split into
     # updates_per_batch mini-batches (verl's PPO mini-batches, TRL's steps_per_generation), and the

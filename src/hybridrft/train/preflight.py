@@ -8,6 +8,7 @@ demonstrations given rows without them, and sequences longer than the model has 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from hybridrft.data import Example
@@ -113,3 +114,26 @@ def describe_model(name_or_path: str | None, model=None) -> str:
     if model is not None:
         return f"the model given ({type(model).__name__})"
     return f"model {name_or_path}" if not Path(str(name_or_path)).exists() else f"the model in {name_or_path}"
+
+
+def check_same_tokenizer(old, new, old_name: str, new_name: str) -> None:
+    """Refuse a tokenizer whose vocabulary or special tokens differ from the one a run trained with."""
+    if old.get_vocab() != new.get_vocab():
+        raise ValueError(f"the tokenizer of {new_name} differs from that of {old_name} (vocabulary of {len(new)} vs "
+                         f"{len(old)} tokens, or different ids): the weights would read other tokens than they learned")
+    special = lambda t: {k: str(v) for k, v in t.special_tokens_map.items()}  # noqa: E731
+    if special(old) != special(new):
+        raise ValueError(f"the special tokens of {new_name} ({special(new)}) differ from those of {old_name} "
+                         f"({special(old)})")
+
+
+def warn_if_little_space(folder: Path, model) -> None:
+    """Warn when the output folder's file system has less room than two checkpoints need (a new one is
+    written before the oldest is removed): the weights plus AdamW's two float32 moments per trainable
+    parameter, an estimate."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(p.numel() * 8 for p in model.parameters() if p.requires_grad)
+    needed, free = 2 * (weights + moments), shutil.disk_usage(folder).free
+    if free < needed:
+        logger.warning("%s has %.2f GiB free, and two checkpoints need about %.2f GiB: the run may stop at a save "
+                       "(train.keep_checkpoints sets how many are kept)", folder, free / 2**30, needed / 2**30)

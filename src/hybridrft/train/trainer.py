@@ -47,8 +47,9 @@ from hybridrft.train.memory import return_freed_blocks_at_once
 from hybridrft.train.metrics import (StepTimer, add_contributions, combine_contributions, global_step_metrics, is_finite,
                                      mean_over_updates, step_costs)
 from hybridrft.train.engines import Engine, build_accelerator
-from hybridrft.train.preflight import (check_context_length, demonstration_lengths, describe_model,
-                                       keep_examples_with_demonstrations, model_positions)
+from hybridrft.train.preflight import (check_context_length, check_same_tokenizer, demonstration_lengths,
+                                       describe_model, keep_examples_with_demonstrations, model_positions,
+                                       warn_if_little_space)
 from hybridrft.train.run_folder import (CONFIG_CHANGES_FILE, CONFIG_FILE, RunFolderError, RunFolderLock,
                                         prepare_run_folder, record_config_changes, resume_config_changes,
                                         write_text_atomically)
@@ -181,6 +182,8 @@ class Trainer:
         # the policy (a resumed run takes the weights of its checkpoint) and the reference
         model = load_training_policy(config.model, checkpoint=resume_from / "model" if resume_from else None, model=model)
         allow_checkpointed_cache(model)  # the shared-prompt forward's caches are safe to replay
+        if self.processes.is_main:
+            warn_if_little_space(self.output_dir, model)
         self.reference = None
         if self.objective.needs_reference:
             with self.engine.plain_model_loading():  # whole, not partitioned by ZeRO-3
@@ -256,7 +259,10 @@ class Trainer:
             logger.warning("resuming from %s, which records no config: the settings cannot be compared", checkpoint)
             return {}
         saved = yaml.safe_load(saved_path.read_text()) or {}
-        changes = resume_config_changes(saved, config_to_dict(self.config), allowed=getattr(self.config.train, "allow_config_changes", ()))
+        changes = resume_config_changes(saved, config_to_dict(self.config), allowed=self.config.train.allow_config_changes)
+        if "model.name_or_path" in changes:  # allowed (a model folder moved): it must still be the same tokenizer
+            check_same_tokenizer(load_tokenizer(str(checkpoint / "model")), load_tokenizer(self.config.model.name_or_path),
+                                 f"the checkpoint {checkpoint.name}", f"model.name_or_path={self.config.model.name_or_path}")
         if changes:
             logger.warning("resuming after step %s with changed settings (recorded in %s): %s", checkpoint.name,
                            CONFIG_CHANGES_FILE, "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
