@@ -33,7 +33,7 @@ def test_defaults_and_typed_overrides():
         ("trian.learning_rate=1e-5", "did you mean 'train.learning_rate'"),
         ("srft.entropy_granularity=tokens", "must be one of"),
         ("train.max_steps=many", "train.max_steps"),
-        ("train.max_steps=0", "must be > 0"),
+        ("train.max_steps=0", r"train.max_steps=0 is not allowed: it must be an integer >= 1"),
         ("loss.aggregation=mean", "loss.aggregation must be one of"),
         ("max_steps", "key=value"),
     ],
@@ -117,3 +117,102 @@ def test_missing_shared_data_fails_in_ci_and_skips_elsewhere(tmp_path, monkeypat
     assert require_shared_data(missing) == missing
     monkeypatch.setenv("CI", "true")
     assert require_shared_data(missing) == missing
+
+
+# ---------------------------------------------------------------- every numeric setting has a range
+
+def _numeric_fields():
+    from hybridrft.config import config_class
+    from hybridrft.config.ranges import numeric_fields
+
+    return list(numeric_fields(config_class()))
+
+
+def _out_of_range(f, number) -> list:
+    """Values the field's declared range must refuse: beyond each bound, a non-member of a choice,
+    and (for floats) nan and infinity."""
+    from hybridrft.config.ranges import RANGE
+
+    allowed = f.metadata[RANGE]
+    values = []
+    if allowed.choices is not None:
+        values.append(max(allowed.choices) + 1)
+    if allowed.low is not None:
+        values.append(allowed.low if allowed.low_open else allowed.low - (1 if number is int else 1e-3))
+    if allowed.high is not None:
+        values.append(allowed.high if allowed.high_open else allowed.high + (1 if number is int else 1e-3))
+    if number is float:
+        values += [float("nan"), float("inf")]
+    return [number(v) if number is int else v for v in values]
+
+
+def _yaml(value) -> str:
+    if isinstance(value, float) and value != value:
+        return ".nan"
+    if value == float("inf"):
+        return ".inf"
+    return repr(value)
+
+
+def test_every_numeric_field_declares_its_range():
+    from hybridrft.config.ranges import RANGE
+
+    fields = _numeric_fields()
+    assert len(fields) > 70  # the shared sections and every method's own
+    undeclared = [key for key, f, *_ in fields if RANGE not in f.metadata]
+    assert not undeclared, f"numeric settings without a declared range: {undeclared}"
+
+
+@pytest.mark.parametrize("key", [key for key, *_ in _numeric_fields()])
+def test_every_numeric_field_refuses_a_value_outside_its_range(key):
+    (f, number, optional, is_list), = [rest for k, *rest in _numeric_fields() if k == key]
+    values = _out_of_range(f, number)
+    assert values, f"{key}: its range refuses nothing"
+    for value in values:
+        text = f"[{_yaml(value)}]" if is_list else _yaml(value)
+        with pytest.raises(ConfigError) as error:
+            load_config(overrides=[f"{key}={text}"])
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{key}=") and "is not allowed: it must be" in message, message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rollout.generation_batch_size=0", "rollout.generation_batch_size=0 is not allowed: it must be an integer >= 1"),
+        ("train.learning_rate=.inf", "train.learning_rate=inf is not allowed: it must be a finite number > 0"),
+        ("rollout.temperature=-1", "rollout.temperature=-1.0 is not allowed: it must be a finite number >= 0"),
+        ("rollout.top_p=0", r"rollout.top_p=0.0 is not allowed: it must be a finite number in \(0, 1\]"),
+        ("rollout.top_p=1.5", r"rollout.top_p=1.5 is not allowed: it must be a finite number in \(0, 1\]"),
+        ("train.save_every=-1", "train.save_every=-1 is not allowed: it must be an integer >= 0"),
+        ("eval.every=-1", "eval.every=-1 is not allowed: it must be an integer >= 0"),
+        ("train.num_threads=0", r"train.num_threads=0 is not allowed: it must be an integer >= 1 \(or null\)"),
+        ("train.micro_batch_size=0", "train.micro_batch_size=0 is not allowed"),
+        ("train.seed=-1", r"train.seed=-1 is not allowed: it must be an integer in \[0, 4294967295\]"),
+        ("reward.weights=[.nan]", r"reward.weights=\[nan\] \(the entry nan\) is not allowed"),
+        ("srft.sft_entropy_sign=0", "srft.sft_entropy_sign=0 is not allowed: it must be one of -1, 1"),
+    ],
+)
+def test_the_settings_that_used_to_get_through_are_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_boundary_values_with_a_meaning_are_accepted():
+    config = load_config(overrides=["rollout.temperature=0", "rollout.top_p=1", "train.save_every=0", "eval.every=0",
+                                    "train.max_grad_norm=null", "grpo.dual_clip=null", "train.keep_checkpoints=0"])
+    assert config.rollout.temperature == 0 and config.train.max_grad_norm is None
+
+
+def test_a_config_built_in_python_is_validated_too(tiny_model_dir, tmp_path):
+    from hybridrft.config import validate_config
+    from hybridrft.train import Trainer
+
+    config = load_config()
+    config.train.learning_rate = float("nan")
+    with pytest.raises(ConfigError, match="train.learning_rate=nan is not allowed"):
+        validate_config(config)
+    config.train.output_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="train.learning_rate=nan"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()  # refused before anything was touched

@@ -1,6 +1,7 @@
 """Typed configuration and YAML recipes with dotted overrides (the lowest layer)."""
 
 from hybridrft.config.loading import ConfigError, config_to_dict, config_to_yaml, load_config, parse_override
+from hybridrft.config.ranges import ranged, validate_config
 from hybridrft.config.schema import (
     DEFAULT_ANSWER_INSTRUCTION,
     DEFAULT_MODEL,
@@ -46,4 +47,6 @@ __all__ = [
     "config_to_yaml",
     "load_config",
     "parse_override",
+    "ranged",
+    "validate_config",
 ]

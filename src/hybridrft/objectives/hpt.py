@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import TRAINED, StepPlan, register_objective, sequence_mask
 from hybridrft.objectives.composite import GRPOWithSFT
 from hybridrft.objectives.grpo import grpo_loss
@@ -35,8 +36,8 @@ SFT_TOKENS, RL_TOKENS = "sft_tokens", "rl_tokens"
 
 @dataclass
 class HPTConfig:
-    switch_gate: int = 0  # Unify-Post-Training exp_scripts/train.sh SWITCH_GATE=0 (Qwen); 2 in train_llama.sh
-    sft_coef: float = 1.0  # mix_ppo_trainer.yaml sft_loss_coef (train.sh: 1.0; "0.3 for Qwen2.5-Math-1.5B")
+    switch_gate: int = ranged(0, ">= 0")  # Unify-Post-Training exp_scripts/train.sh SWITCH_GATE=0 (Qwen); 2 in train_llama.sh
+    sft_coef: float = ranged(1.0, ">= 0")  # mix_ppo_trainer.yaml sft_loss_coef (train.sh: 1.0; "0.3 for Qwen2.5-Math-1.5B")
 
 
 def sft_prompts(reward: torch.Tensor, group: torch.Tensor, is_demo: torch.Tensor, *, gate: int, threshold: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import (
     COMPLETIONS,
     MIXED,
@@ -40,7 +41,7 @@ from hybridrft.ops import shaped_probability
 
 @dataclass
 class LUFFYConfig:
-    policy_shaping_gamma: float = 0.1  # f(p) = p / (p + gamma) on demonstration tokens (train.sh p_div_p_0.1)
+    policy_shaping_gamma: float = ranged(0.1, "> 0")  # f(p) = p / (p + gamma) on demonstration tokens (train.sh p_div_p_0.1)
 
 
 @register_objective

@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from hybridrft.config.ranges import ranged
 from hybridrft.config.schema import AGGREGATION_MODES
 from hybridrft.objectives.base import DEMO, RL, SFT, Objective, StepPlan, register_objective
 from hybridrft.objectives.grpo import group_advantage, grpo_loss
@@ -64,31 +65,26 @@ class ReLIFTConfig:
 
     # buffered prompts per fine-tuning update: examples/math-7b/train.sh sft.sft_data_size=128 (also the
     # 1.5B and 7B scripts; relift_trainer.yaml's default is 32)
-    sft_prompts: int = 128
+    sft_prompts: int = ranged(128, ">= 1")
     # constant learning rate of the fine-tuning AdamW: train.sh optim.sft.lr=1e-6 (relift_trainer.yaml: 1e-6)
-    sft_learning_rate: float = 1e-6
+    sft_learning_rate: float = ranged(1e-6, "> 0")
     # its gradient clip: relift_trainer.yaml sft.sft_grad_clip=1.0 (train.sh keeps it); None: not clipped
-    sft_max_grad_norm: Optional[float] = 1.0
+    sft_max_grad_norm: Optional[float] = ranged(1.0, "> 0")
     # entropy bonus of the fine-tuning loss, a token mean over demonstration tokens: train.sh sft.entropy_coeff=0.001
-    sft_entropy_coef: float = 0.001
+    sft_entropy_coef: float = ranged(0.001, "any")
     # optimizer updates per fine-tuning batch: sft_data_size / sft_mini_batch_size = 128 / 128 (train.sh)
-    sft_updates: int = 1
-    sft_epochs: int = 1  # passes over the fine-tuning batch: train.sh sft.sft_epochs=1
+    sft_updates: int = ranged(1, ">= 1")
+    sft_epochs: int = ranged(1, ">= 1")  # passes over the fine-tuning batch: train.sh sft.sft_epochs=1
     # the NLL term's aggregation: core_algos.py compute_sft_loss is masked_mean (a token mean), whatever
     # the RL loss uses (loss_remove_token_mean applies to the policy-gradient loss only)
     sft_aggregation: str = "token_mean"
 
     def __post_init__(self):
-        for name in ("sft_prompts", "sft_learning_rate", "sft_updates", "sft_epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"relift.{name} must be > 0, got {getattr(self, name)}")
-        if self.sft_prompts % self.sft_updates:
+        if self.sft_updates > 0 and self.sft_prompts % self.sft_updates:
             raise ValueError(
                 f"relift.sft_prompts ({self.sft_prompts}) must be a multiple of relift.sft_updates ({self.sft_updates}): "
                 "each fine-tuning update takes whole examples"
             )
-        if self.sft_max_grad_norm is not None and self.sft_max_grad_norm <= 0:
-            raise ValueError(f"relift.sft_max_grad_norm must be > 0 (or null: not clipped), got {self.sft_max_grad_norm}")
         if self.sft_aggregation not in AGGREGATION_MODES:
             raise ValueError(f"relift.sft_aggregation must be one of {', '.join(AGGREGATION_MODES)}, got {self.sft_aggregation!r}")
 

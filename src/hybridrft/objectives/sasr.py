@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import RL, SFT, StepPlan, register_objective
 from hybridrft.objectives.composite import PhaseLearningRates, SFTOrGRPOSteps
 
@@ -43,13 +44,9 @@ from hybridrft.objectives.composite import PhaseLearningRates, SFTOrGRPOSteps
 class SASRConfig(PhaseLearningRates):
     """SASR (Chen et al. 2025, arXiv 2505.13026), Algorithm 1."""
 
-    warmup_steps: int = 10  # pure SFT steps before switching starts
-    gamma: float = 1.0  # p_t = G_sft / (G_sft + gamma * G_warmup)
+    warmup_steps: int = ranged(10, ">= 1")  # pure SFT steps before switching starts (G_warmup: the last one's)
+    gamma: float = ranged(1.0, "> 0")  # p_t = G_sft / (G_sft + gamma * G_warmup)
     choice_rule: str = "grad_norm"  # name of a registered rule (hybridrft.objectives.sasr.CHOICE_RULES)
-
-    def __post_init__(self):
-        if self.warmup_steps < 1:
-            raise ValueError("sasr.warmup_steps must be >= 1 (G_warmup is measured on the last warm-up step)")
 
 
 @dataclass

@@ -54,6 +54,7 @@ from typing import Optional
 
 import torch
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import (
     COMPLETIONS,
     DEMO,
@@ -80,18 +81,17 @@ def _check(name: str, value, choices) -> None:
 class SRFTConfig:
     """SRFT's weights and forms (group size and advantage options: the shared ``group`` section)."""
 
-    sft_coef: float = 0.5  # w_SFT = sft_coef * exp(sft_entropy_sign * H)
-    sft_entropy_sign: int = -1  # -1 as in the paper (Eq. 8) and the re-implementation; +1 the authors' code
-    rl_coef: float = 0.1  # w_RL = rl_coef * exp(H)
+    sft_coef: float = ranged(0.5, ">= 0")  # w_SFT = sft_coef * exp(sft_entropy_sign * H)
+    sft_entropy_sign: int = ranged(-1, "one of -1, 1")  # -1 as in the paper (Eq. 8) and the re-implementation; +1 the authors' code
+    rl_coef: float = ranged(0.1, ">= 0")  # w_RL = rl_coef * exp(H)
     entropy_granularity: str = "sequence"  # sequence | token | batch
     normalisation: str = "joint"  # joint (the public re-implementation) | separate (each term over its own tokens)
-    policy_shaping_gamma: Optional[float] = None  # f(p) = p/(p+gamma) on L_RL_demo; the re-implementation's script: 0.1
+    policy_shaping_gamma: Optional[float] = ranged(None, "> 0")  # f(p) = p/(p+gamma) on L_RL_demo; the re-implementation's script: 0.1
     self_rollout_loss: str = "paper"  # paper (Eq. 11-12) | advantage (the authors' code: w_RL x GRPO term on A>0 tokens)
     positive_rule: str = "auto"  # auto (per group) | reward | advantage: which rollouts are y+ (full reward: always)
 
     def __post_init__(self):
         _check("entropy_granularity", self.entropy_granularity, ("sequence", "token", "batch"))
-        _check("sft_entropy_sign", self.sft_entropy_sign, (-1, 1))
         _check("normalisation", self.normalisation, ("joint", "separate"))
         _check("self_rollout_loss", self.self_rollout_loss, ("paper", "advantage"))
         _check("positive_rule", self.positive_rule, ("auto", "reward", "advantage"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import register_objective
 from hybridrft.objectives.composite import GRPOWithSFT
 
@@ -22,7 +23,7 @@ from hybridrft.objectives.composite import GRPOWithSFT
 class StaticMixConfig:
     """L = L_GRPO + mu * L_SFT, fixed mu."""
 
-    mu: float = 1.0  # LUFFY mix_ppo_trainer.yaml sft_loss_coef, used by train_rl_sft_loss.sh
+    mu: float = ranged(1.0, ">= 0")  # LUFFY mix_ppo_trainer.yaml sft_loss_coef, used by train_rl_sft_loss.sh
 
 
 @register_objective

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridrft.config.ranges import ranged
 from hybridrft.objectives.base import RL, SFT, StepPlan, register_objective
 from hybridrft.objectives.composite import PhaseLearningRates, SFTOrGRPOSteps
 
@@ -24,12 +25,8 @@ from hybridrft.objectives.composite import PhaseLearningRates, SFTOrGRPOSteps
 class TwoStageConfig(PhaseLearningRates):
     """SFT for ``sft_steps`` steps, then GRPO."""
 
-    sft_steps: int = 100
+    sft_steps: int = ranged(100, ">= 0")
     reset_optimizer: bool = True  # clear AdamW's moments when the RL phase starts
-
-    def __post_init__(self):
-        if self.sft_steps < 0:
-            raise ValueError(f"two_stage.sft_steps must be >= 0, got {self.sft_steps}")
 
 
 @register_objective

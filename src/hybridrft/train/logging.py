@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hybridrft.report.runs import read_jsonl
+
+logger = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -63,13 +67,36 @@ class MetricsLogger:
 
 
 def _keep_lines_up_to(path: Path, step: int) -> None:
-    """Rewrite ``path`` keeping the records with ``step <= step`` (all of them gone when step is 0)."""
+    """Rewrite ``path`` keeping the records with ``step <= step`` (all of them gone when step is 0).
+
+    A last line that is not a JSON record (a write cut off by a kill) is dropped with a warning naming
+    the file and line; a damaged line before the last is an error naming them (the file is left as it
+    is). The rewrite goes through a temporary file renamed into place, so a kill cannot lose the file."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    if step == 0:
-        kept = []
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text().splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a JSON record ({error}); the lines after it are "
+                                 "intact, so this is not an interrupted write: repair or remove the line") from None
+            logger.warning("%s, line %d: dropped an unfinished record (a write cut off when the run stopped)", path, number)
+            continue
+        if step and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write("".join(line + "\n" for line in kept))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path, kind: str | None = "train") -> list[dict[str, Any]]:

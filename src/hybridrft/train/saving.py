@@ -7,6 +7,9 @@ rank 0's temporary checkpoint folder before rank 0 completes and renames it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +48,44 @@ def save_step_checkpoint(
 
 
 def save_final_model(path: Path, *, engine, processes, model, policy, tokenizer, model_config) -> None:
-    """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone)."""
+    """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone), written
+    into a temporary folder beside ``path``, every file fsynced, and renamed into place: an interrupted
+    save leaves the previous ``path`` (if any) whole and never a half-written one under its name."""
     model_state = engine.full_state_dict(model)  # a collective under FSDP2 / ZeRO-3
+    if processes.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        try:
+            _write_final_model(tmp, engine=engine, policy=policy, tokenizer=tokenizer, model_config=model_config,
+                               model_state=model_state)
+            for file in sorted(tmp.rglob("*")):
+                ckpt.fsync_path(file)
+            ckpt.fsync_path(tmp)
+            old = None
+            if path.exists():  # moved aside, not deleted, until the new one is in place
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+                os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            ckpt.fsync_path(path.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    processes.wait()
+
+
+def _write_final_model(folder: Path, *, engine, policy, tokenizer, model_config, model_state) -> None:
     merge = model_config.lora.save == "merged"
-    if processes.is_main and model_state is not None and model_config.lora.rank:
+    if model_state is not None and model_config.lora.rank:
         # sharded LoRA: rebuild base + adapters on CPU from the gathered weights, then save as usual
         whole = load_training_policy(model_config)
         missing, unexpected = whole.load_state_dict(model_state, strict=False)
         if unexpected or any(name not in engine.tied_names for name in missing):
             raise RuntimeError(f"gathered weights do not fit the model: missing {missing}, unexpected {unexpected}")
-        save_policy(whole, tokenizer, path, merge=merge)
-    elif processes.is_main and model_state is not None:
-        policy.save_pretrained(path, state_dict=model_state, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-    elif processes.is_main:
-        save_policy(policy, tokenizer, path, merge=merge)
-    processes.wait()
+        save_policy(whole, tokenizer, folder, merge=merge)
+    elif model_state is not None:
+        policy.save_pretrained(folder, state_dict=model_state, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    else:
+        save_policy(policy, tokenizer, folder, merge=merge)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from hybridrft.config import Config, config_to_dict, config_to_yaml
+from hybridrft.config import Config, config_to_dict, config_to_yaml, validate_config
 from hybridrft.data import Example, load_run_examples
 from hybridrft.data.stream import PromptShare, PromptStream, check_process_shares
 from hybridrft.eval import EvalResult, evaluate_sharded
@@ -142,6 +142,7 @@ class Trainer:
         eval_examples: list[Example] | None = None,
         reward_fns: list[tuple[str, Callable, float]] | None = None,
     ):
+        validate_config(config)  # a config built in Python is held to the ranges a loaded one is
         self.config = config
         cfg = config.train
         if cfg.num_threads:
