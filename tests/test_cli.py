@@ -91,7 +91,7 @@ def test_unknown_override_is_a_clear_error(tmp_path, tiny_model_dir):
 def test_missing_model_is_a_clear_error(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["train", str(tiny_recipe(tmp_path, tiny_model_dir)), f"model.name_or_path={tmp_path}/nope"])
     assert result.exit_code == 2
-    assert "model folder not found" in result.output
+    assert "not found: there is no folder" in result.output and "not a valid Hugging Face Hub id" in result.output
 
 
 def test_bad_data_file_is_a_clear_error(tmp_path, tiny_model_dir):

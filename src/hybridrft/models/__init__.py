@@ -2,8 +2,11 @@
 
 from hybridrft.models.loading import (
     EMBEDDED_MODELS,
+    ModelLoadError,
     ModelNotFoundError,
     cache_dir,
+    check_model_source,
+    check_weights_files,
     clear_quantization_flags,
     load_policy,
     load_tokenizer,
@@ -16,7 +19,10 @@ from hybridrft.models.lora import apply_lora, inference_weights, is_peft_model
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "ModelLoadError",
     "ModelNotFoundError",
+    "check_model_source",
+    "check_weights_files",
     "apply_lora",
     "cache_dir",
     "clear_quantization_flags",

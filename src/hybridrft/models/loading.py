@@ -14,6 +14,7 @@ model it names.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -48,6 +49,91 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelNotFoundError(FileNotFoundError):
     """The name is neither an embedded model, a local folder, nor loadable from the hub."""
+
+
+class ModelLoadError(ValueError):
+    """A model folder whose files cannot be read as they are (a truncated or foreign weights file)."""
+
+
+HUB_LOOKUP_TIMEOUT_S = 5.0  # one lookup, no retries: an unreachable hub is reported at once
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("config.json", ADAPTER_CONFIG))
+
+
+def _hub_lookup(repo_id: str) -> str | None:
+    """One HEAD request for the repository's ``config.json`` with a short timeout; None when it is
+    there, else what is wrong (missing, gated or private, or the hub unreachable)."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/{repo_id}/resolve/main/config.json", method="HEAD")
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(request, timeout=HUB_LOOKUP_TIMEOUT_S).close()
+        return None
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return f"the Hugging Face Hub ({endpoint}) has no repository {repo_id} with a config.json"
+        if error.code in (401, 403):
+            return f"{repo_id} on the Hugging Face Hub is gated or private: log in (hf auth login) or set HF_TOKEN"
+        return f"the Hugging Face Hub ({endpoint}) answered HTTP {error.code} for {repo_id}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return (f"the Hugging Face Hub ({endpoint}) could not be reached to look up {repo_id} ({reason}). Set "
+                "HF_HUB_OFFLINE=1 to use only cached models, or pass a local folder")
+
+
+@functools.lru_cache(maxsize=None)
+def check_model_source(name_or_path: str) -> None:
+    """Fail at once, naming both possibilities, for a name that is neither an embedded model, an
+    existing local folder, nor a usable hub id (valid, and cached or found by one quick lookup;
+    ``HF_HUB_OFFLINE`` allows the cache only). Checked once per name per process."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name_or_path in EMBEDDED_MODELS or Path(name_or_path).expanduser().exists():
+        return
+    folder = Path(name_or_path).expanduser().absolute()
+    start = f"model {name_or_path!r} not found: there is no folder {folder}, and"
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError as error:
+        raise ModelNotFoundError(f"{start} it is not a valid Hugging Face Hub id ({str(error).splitlines()[0]})") from None
+    if _in_hub_cache(name_or_path):
+        return
+    if _offline():
+        raise ModelNotFoundError(f"{start} the hub id {name_or_path} is not in the local Hugging Face cache while "
+                                 "HF_HUB_OFFLINE is set (unset it to download the model, or pass a local folder)")
+    problem = _hub_lookup(name_or_path)
+    if problem:
+        raise ModelNotFoundError(f"{start} {problem}")
+
+
+def check_weights_files(folder: Path) -> None:
+    """Open the header of every safetensors file in ``folder`` (cheap: no tensor is read); a
+    truncated or foreign one raises ``ModelLoadError`` naming it."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as error:  # SafetensorError and OSError alike: the file is what is wrong
+            raise ModelLoadError(f"{file} is damaged (truncated or not a safetensors file: {error}); re-download or "
+                                 "re-save the model") from None
 
 
 def cache_dir() -> Path:
@@ -136,8 +222,7 @@ def resolve_model_path(name_or_path: str) -> str:
                 "checkpoint folder holding one"
             )
         return str(found)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelNotFoundError(f"model folder not found: {name_or_path}")
+    check_model_source(name_or_path)  # fails at once for a name that is no folder and no usable hub id
     return name_or_path  # a hub id
 
 
@@ -177,6 +262,8 @@ def load_policy(
         kwargs = {"dtype": DTYPES[dtype]}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        if Path(path).is_dir():
+            check_weights_files(Path(path))
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
@@ -191,6 +278,7 @@ def load_policy(
 
 def _load_merged_adapter(folder: Path, **load_kwargs):
     """The base model an adapter folder names, with the adapter merged in."""
+    check_weights_files(folder)
     base_name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base_name:
         raise ModelNotFoundError(f"the LoRA adapter in {folder} does not name its base model (base_model_name_or_path)")
@@ -235,6 +323,7 @@ def load_training_policy(model_config, *, checkpoint: Path | None = None, model=
         if checkpoint is not None:
             if not is_peft_model(model):
                 check_adapter_matches(checkpoint, lora)
+            check_weights_files(checkpoint)
             load_adapter_weights(policy, checkpoint)
         return policy
     if adapter_checkpoint:
