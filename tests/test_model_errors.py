@@ -84,3 +84,35 @@ def test_the_eval_command_names_a_damaged_weights_file(tiny_model_dir, tmp_path)
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "model.safetensors is damaged" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A real HTTP server standing in for the hub: 200 for `someone/model`, 401 for `someone/gated`, 404 else."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            code = 200 if self.path.startswith("/someone/model/") else 401 if self.path.startswith("/someone/gated/") else 404
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield
+    server.shutdown()
+
+
+def test_a_hub_id_the_hub_has_passes_and_missing_or_gated_ones_are_named(local_hub):
+    from hybridrft.models import resolve_model_path
+
+    assert resolve_model_path("someone/model") == "someone/model"
+    with pytest.raises(ModelNotFoundError, match=r"has no repository someone/missing"):
+        check_model_source("someone/missing")
+    with pytest.raises(ModelNotFoundError, match=r"someone/gated on the Hugging Face Hub is gated or private: log in"):
+        check_model_source("someone/gated")
