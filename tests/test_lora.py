@@ -80,7 +80,7 @@ def test_lora_keys_from_overrides_and_yaml(tmp_path):
         load_config(overrides=["model.lora.rnak=8"])
     with pytest.raises(ConfigError, match="model.lora.save must be one of"):
         load_config(overrides=["model.lora.save=full"])
-    with pytest.raises(ConfigError, match="model.lora.rank must be >= 0"):
+    with pytest.raises(ConfigError, match="model.lora.rank=-1 is not allowed: it must be an integer >= 0"):
         load_config(overrides=["model.lora.rank=-1"])
 
 

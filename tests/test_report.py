@@ -99,7 +99,7 @@ def test_user_errors_exit_2_with_one_message(runs, tmp_path, tiny_model_dir):
     result = invoke("analyze", "entropy", tmp_path / "nowhere")
     assert result.exit_code == 2 and "run folder not found" in result.output
     result = invoke("analyze", "shift", tiny_model_dir, tmp_path / "no-model", "-r", runs["srft"], "-o", tmp_path / "a")
-    assert result.exit_code == 2 and "model folder not found" in result.output
+    assert result.exit_code == 2 and "not found: there is no folder" in result.output
     result = invoke("analyze", "shift", tiny_model_dir, tiny_model_dir, "-r", runs["srft"] / "samples.jsonl", "-o", tmp_path / "a")
     assert result.exit_code == 2 and "'prompt'" in result.output
     assert "Traceback" not in result.output

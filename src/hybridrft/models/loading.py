@@ -110,8 +110,9 @@ def check_model_source(name_or_path: str) -> None:
     start = f"model {name_or_path!r} not found: there is no folder {folder}, and"
     try:
         validate_repo_id(name_or_path)
-    except HFValidationError as error:
-        raise ModelNotFoundError(f"{start} it is not a valid Hugging Face Hub id ({str(error).splitlines()[0]})") from None
+    except HFValidationError:
+        raise ModelNotFoundError(f"{start} it is not a valid Hugging Face Hub id ('name' or 'namespace/name', of "
+                                 "letters, digits, '-', '_' and '.')") from None
     if _in_hub_cache(name_or_path):
         return
     if _offline():
