@@ -267,3 +267,28 @@ def test_an_allowed_model_change_still_needs_the_same_tokenizer(tiny_model_dir, 
     with pytest.raises(ValueError, match=rf"the tokenizer of model.name_or_path={other} differs from that of the checkpoint"):
         Trainer(tiny_config(other, out, "method=sft", "train.max_steps=3", "train.resume=true",
                             "train.allow_config_changes=[model]"))
+
+
+def test_without_flock_an_exclusive_lock_file_stands_in(tmp_path, monkeypatch, caplog):
+    """A file system without flock (ENOLCK: NFS without a lock daemon): the O_EXCL lock file refuses a
+    second holder naming the first, and one left by a dead process on this host is named and taken over."""
+    import errno
+    import fcntl
+
+    from hybridrft.train.run_folder import FALLBACK_LOCK_FILE, RunFolderLock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    first = RunFolderLock(tmp_path).acquire()
+    with pytest.raises(RunFolderError, match=rf"in use by another run: pid {os.getpid()} on host .*lock file .*{FALLBACK_LOCK_FILE}"):
+        RunFolderLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / FALLBACK_LOCK_FILE).exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"pid": int(dead.stdout), "host": os.uname().nodename, "started": "earlier", "command": "hybridrft train x.yaml"}
+    (tmp_path / FALLBACK_LOCK_FILE).write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="hybridrft"):
+        RunFolderLock(tmp_path).acquire().release()
+    assert f"removing a stale lock left by pid {record['pid']}" in caplog.text
