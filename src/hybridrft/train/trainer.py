@@ -157,6 +157,8 @@ class Trainer:
         if cfg.skip_grad_norm_above is not None and not self.engine.can_skip_updates:
             raise ValueError("train.skip_grad_norm_above cannot withhold an update under DeepSpeed, which applies it "
                              "inside the backward pass; use DDP or FSDP2, or leave it unset")
+        check_process_shares(cfg.prompts_per_step, cfg.updates_per_batch, self.processes.count)
+        check_rollout_correction(config)
         self.signals = StopSignals(immediate=self.processes.count == 1)  # handlers installed while train() runs
         self.lock = self._claim_run_folder()  # one run per folder; a fresh run needs an empty one
         resume_from = ckpt.checkpoint_to_resume(
@@ -192,7 +194,6 @@ class Trainer:
         self.reward_fns = reward_fns or [
             (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
         ]
-        check_process_shares(cfg.prompts_per_step, cfg.updates_per_batch, self.processes.count)
 
         # optimisation
         model.train()
@@ -203,7 +204,6 @@ class Trainer:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
-        check_rollout_correction(config)
         self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
                                      batch_size=config.rollout.generation_batch_size, vllm=config.rollout.vllm,
                                      max_model_len=sampler_context_length(config))
