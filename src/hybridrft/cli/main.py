@@ -70,8 +70,9 @@ def train(
     On several devices: accelerate launch --config_file recipes/accelerate/ddp.yaml -m hybridrft train RECIPE
     (train.prompts_per_step is the global batch; FSDP2 and ZeRO configs: docs/scaling.md).
 
-    One run per folder: a fresh run needs an empty train.output_dir (or train.overwrite=true). SIGTERM or
-    Ctrl-C checkpoints the last finished step and exits with code 75; a second one stops at once."""
+    One run per folder: a fresh run needs an empty train.output_dir (or train.overwrite=true).
+
+    SIGTERM or Ctrl-C checkpoints the last finished step and exits with code 75; a second one stops at once."""
     setup_logging(verbose)
     config = _load(recipe, list(overrides or []) + (["train.resume=true"] if resume else []))
     result = _run_training(config)
