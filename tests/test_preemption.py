@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,15 +59,24 @@ def _train_command(recipe: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "hybridrft.cli.main", "train", str(recipe), *args]
 
 
-def _wait_for_pause(process: subprocess.Popen, point: str, pauses: int = 1) -> list[str]:
-    lines, seen, deadline = [], 0, time.monotonic() + 300
-    for line in process.stderr:
-        lines.append(line)
-        seen += f"paused at {point}" in line
-        if seen == pauses:
-            return lines
-        assert time.monotonic() < deadline, f"no pause at {point}"
-    raise AssertionError(f"the run ended without reaching {point} (exit {process.wait()}):\n{''.join(lines)[-3000:]}")
+def _wait_for_pause(process: subprocess.Popen, point: str, pauses: int = 1, timeout: float = 300) -> list[str]:
+    """The stderr lines up to the ``pauses``-th announcement of the pause point (several processes
+    may announce it on one line); a process that never gets there fails the test after ``timeout``."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr] + [lines.put(None)], daemon=True).start()
+    read, seen, deadline = [], 0, time.monotonic() + timeout
+    while seen < pauses:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"no pause at {point} within {timeout} s:\n{''.join(read)[-3000:]}") from None
+        if line is None:
+            raise AssertionError(f"the run ended without reaching {point} (exit {process.wait()}):\n{''.join(read)[-3000:]}")
+        read.append(line)
+        seen += line.count(f"paused at {point}")
+    process.rest_of_stderr = lines  # what follows, read by _signal_at
+    return read
 
 
 def _signal_at(command: list[str], point: str, signum: int, *, pauses: int = 1, repeat: int = 1) -> tuple[int, str, float]:
@@ -76,9 +87,11 @@ def _signal_at(command: list[str], point: str, signum: int, *, pauses: int = 1, 
     sent = time.monotonic()
     for _ in range(repeat):
         process.send_signal(signum)
-    rest = process.stderr.read()
     code = process.wait(timeout=300)
-    return code, "".join(lines) + rest, time.monotonic() - sent
+    seconds = time.monotonic() - sent
+    while (line := process.rest_of_stderr.get(timeout=60)) is not None:
+        lines.append(line)
+    return code, "".join(lines), seconds
 
 
 def _finish(command: list[str]) -> str:
