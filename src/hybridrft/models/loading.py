@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -57,50 +58,129 @@ class ModelLoadError(ValueError):
 
 HUB_LOOKUP_TIMEOUT_S = 5.0  # one lookup, no retries: an unreachable hub is reported at once
 
+# hub ids that are in the local cache while the hub cannot be reached: loaded from their cached
+# snapshot folder, so that transformers does not spend minutes retrying the hub for every file
+_CACHED_SNAPSHOTS: dict[str, str] = {}
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+def _offline_variable() -> str | None:
+    """The variable that puts the hub offline, read now (huggingface_hub reads it once, at import:
+    ``HF_HUB_OFFLINE``, else ``TRANSFORMERS_OFFLINE``), or None."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value:  # as huggingface_hub: a set HF_HUB_OFFLINE decides, even when false
+            return name if value.strip().upper() in ("1", "ON", "YES", "TRUE") else None
+    return None
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The folder of the cached snapshot of ``repo_id`` (its ``main``) holding its config, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("config.json", ADAPTER_CONFIG))
+    for name in ("config.json", ADAPTER_CONFIG):
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str):
+            return str(Path(found).parent)
+    return None
 
 
-def _hub_lookup(repo_id: str) -> str | None:
-    """One HEAD request for the repository's ``config.json`` with a short timeout; None when it is
-    there, else what is wrong (missing, gated or private, or the hub unreachable)."""
-    import urllib.error
-    import urllib.request
+class _HubAnswer(NamedTuple):
+    """What the hub said about a repository that cannot be used."""
 
+    kind: str  # "missing", "gated", "http" or "unreachable" (no answer, or a server error)
+    message: str
+
+
+def _endpoint() -> str:
     from huggingface_hub import constants
 
-    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
-    request = urllib.request.Request(f"{endpoint}/{repo_id}/resolve/main/config.json", method="HEAD")
-    token = os.environ.get("HF_TOKEN")
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+
+
+def _head(url: str, token: str | None) -> int:
+    """The HTTP status of a HEAD request for ``url`` (redirects followed), raising ``HTTPError`` for an
+    error status and ``URLError``/``OSError`` when there is no answer."""
+    import urllib.request
+
+    request = urllib.request.Request(url, method="HEAD")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=HUB_LOOKUP_TIMEOUT_S) as response:
+        return response.status
+
+
+def _ask_hub(repo_id: str, endpoint: str) -> _HubAnswer | None:
+    import urllib.error
+
     try:
-        urllib.request.urlopen(request, timeout=HUB_LOOKUP_TIMEOUT_S).close()
-        return None
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return f"the Hugging Face Hub ({endpoint}) has no repository {repo_id} with a config.json"
-        if error.code in (401, 403):
-            return f"{repo_id} on the Hugging Face Hub is gated or private: log in (hf auth login) or set HF_TOKEN"
-        return f"the Hugging Face Hub ({endpoint}) answered HTTP {error.code} for {repo_id}"
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        return (f"the Hugging Face Hub ({endpoint}) could not be reached to look up {repo_id} ({reason}). Set "
-                "HF_HUB_OFFLINE=1 to use only cached models, or pass a local folder")
+        from huggingface_hub import get_token
+
+        token = get_token()  # HF_TOKEN, else the token of `hf auth login`
+    except Exception:  # noqa: BLE001 - no token is a fine answer for a lookup
+        token = None
+    missing = None
+    for filename in ("config.json", ADAPTER_CONFIG):  # a model, else a LoRA adapter repository
+        try:
+            _head(f"{endpoint}/{repo_id}/resolve/main/{filename}", token)
+            return None
+        except urllib.error.HTTPError as error:
+            code, error_code = error.code, error.headers.get("X-Error-Code", "")
+            if error_code == "GatedRepo":
+                return _HubAnswer("gated", f"{repo_id} on the Hugging Face Hub is gated: request access on "
+                                           f"{endpoint}/{repo_id} and log in (hf auth login, or set HF_TOKEN)")
+            if error_code == "RepoNotFound":  # also the hub's answer (401) for a private repository to a visitor
+                break
+            if error_code == "EntryNotFound" or code == 404:  # the repository is there without this file, or not
+                missing = error_code or missing
+                continue
+            if code in (401, 403):
+                return _HubAnswer("gated", f"{repo_id} on the Hugging Face Hub is gated or private: log in (hf auth "
+                                           "login) or set HF_TOKEN, and request access on its page if it is gated")
+            kind = "unreachable" if code >= 500 else "http"
+            return _HubAnswer(kind, f"the Hugging Face Hub ({endpoint}) answered HTTP {code} for {repo_id}")
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            return _HubAnswer("unreachable", f"the Hugging Face Hub ({endpoint}) could not be reached to look up "
+                                             f"{repo_id} ({reason})")
+    if missing == "EntryNotFound":
+        return _HubAnswer("missing", f"{repo_id} on the Hugging Face Hub has neither a config.json nor an "
+                                     f"{ADAPTER_CONFIG}: it is not a transformers model")
+    private = "" if token else " (or it is private or gated and you are not logged in: hf auth login, or set HF_TOKEN)"
+    return _HubAnswer("missing", f"the Hugging Face Hub ({endpoint}) has no repository {repo_id}{private}")
+
+
+def _hub_lookup(repo_id: str) -> _HubAnswer | None:
+    """One HEAD request for the repository's ``config.json`` (then ``adapter_config.json`` if the
+    repository is there without a ``config.json``), no retries, run in a thread so that the short
+    timeout also bounds the name lookup (a DNS query does not honour socket timeouts). None when the
+    model is there, else what is wrong: missing, gated or private, or the hub unreachable."""
+    import threading
+
+    endpoint = _endpoint()
+    answer: list = []
+
+    def ask() -> None:
+        try:
+            answer.append(_ask_hub(repo_id, endpoint))
+        except Exception as error:  # noqa: BLE001 - e.g. a malformed HF_ENDPOINT: reported, not raised in a thread
+            answer.append(_HubAnswer("unreachable", f"the Hugging Face Hub ({endpoint}) could not be asked about "
+                                                    f"{repo_id} ({type(error).__name__}: {error})"))
+
+    worker = threading.Thread(target=ask, daemon=True, name="hybridrft-hub-lookup")
+    worker.start()
+    worker.join(HUB_LOOKUP_TIMEOUT_S + 1)
+    if not answer:
+        return _HubAnswer("unreachable", f"the Hugging Face Hub ({endpoint}) did not answer within "
+                                         f"{HUB_LOOKUP_TIMEOUT_S:g} s to look up {repo_id}")
+    return answer[0]
 
 
 @functools.lru_cache(maxsize=None)
 def check_model_source(name_or_path: str) -> None:
     """Fail at once, naming both possibilities, for a name that is neither an embedded model, an
     existing local folder, nor a usable hub id (valid, and cached or found by one quick lookup;
-    ``HF_HUB_OFFLINE`` allows the cache only). Checked once per name per process."""
+    ``HF_HUB_OFFLINE`` allows the cache only). A cached hub id whose hub cannot be reached is loaded
+    from its cached snapshot (``resolve_model_path``), with a warning. Checked once per name per process."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -113,14 +193,27 @@ def check_model_source(name_or_path: str) -> None:
     except HFValidationError:
         raise ModelNotFoundError(f"{start} it is not a valid Hugging Face Hub id ('name' or 'namespace/name', of "
                                  "letters, digits, '-', '_' and '.')") from None
-    if _in_hub_cache(name_or_path):
+    offline = _offline_variable()
+    snapshot = _cached_snapshot(name_or_path)
+    if snapshot is not None:
+        if offline:
+            return
+        answer = _hub_lookup(name_or_path)
+        if answer is not None and answer.kind == "unreachable":
+            logger.warning("%s; loading %s from the local Hugging Face cache (%s). Set HF_HUB_OFFLINE=1 to skip "
+                           "this lookup", answer.message, name_or_path, snapshot)
+            _CACHED_SNAPSHOTS[name_or_path] = snapshot
         return
-    if _offline():
+    if offline:
         raise ModelNotFoundError(f"{start} the hub id {name_or_path} is not in the local Hugging Face cache while "
-                                 "HF_HUB_OFFLINE is set (unset it to download the model, or pass a local folder)")
-    problem = _hub_lookup(name_or_path)
-    if problem:
-        raise ModelNotFoundError(f"{start} {problem}")
+                                 f"{offline} is set (unset it to download the model, or pass a local folder)")
+    answer = _hub_lookup(name_or_path)
+    if answer is None:
+        return
+    if answer.kind == "unreachable":
+        raise ModelNotFoundError(f"{start} {answer.message}. Set HF_HUB_OFFLINE=1 to use only cached models, or "
+                                 "pass a local folder")
+    raise ModelNotFoundError(f"{start} {answer.message}")
 
 
 def check_weights_files(folder: Path) -> None:
@@ -208,7 +301,8 @@ def model_in_folder(folder: Path) -> Path | None:
 
 def resolve_model_path(name_or_path: str) -> str:
     """A local model folder for an embedded name (converted on first use), a model folder, a run
-    folder or a checkpoint folder (see ``model_in_folder``); hub ids pass through."""
+    folder or a checkpoint folder (see ``model_in_folder``); hub ids pass through, checked by
+    ``check_model_source`` (the folder of their cached snapshot when the hub cannot be reached)."""
     if name_or_path in EMBEDDED_MODELS:
         target = cache_dir() / "models" / name_or_path
         if not (target / "config.json").is_file():
@@ -224,7 +318,7 @@ def resolve_model_path(name_or_path: str) -> str:
             )
         return str(found)
     check_model_source(name_or_path)  # fails at once for a name that is no folder and no usable hub id
-    return name_or_path  # a hub id
+    return _CACHED_SNAPSHOTS.get(name_or_path, name_or_path)  # a hub id (its cached snapshot: hub unreachable)
 
 
 def load_tokenizer(name_or_path: str):
@@ -269,6 +363,11 @@ def load_policy(
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
             raise ModelNotFoundError(f"cannot load model '{name_or_path}': {err}") from None
+        except Exception:
+            snapshot = None if Path(path).is_dir() else _cached_snapshot(path)
+            if snapshot is not None:  # a hub id: a damaged file in the Hugging Face cache is named
+                check_weights_files(Path(snapshot))
+            raise
     if getattr(model, "hf_quantizer", None) is not None:
         clear_quantization_flags(model)
     if gradient_checkpointing:

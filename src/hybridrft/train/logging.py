@@ -71,12 +71,15 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
 
     A last line that is not a JSON record (a write cut off by a kill) is dropped with a warning naming
     the file and line; a damaged line before the last is an error naming them (the file is left as it
-    is). The rewrite goes through a temporary file renamed into place, so a kill cannot lose the file."""
+    is). The rewrite goes through a temporary file in the same folder, fsynced and renamed into place,
+    so a kill cannot lose the file; a file with nothing to drop is left untouched."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
+    # bytes that are not UTF-8 (a torn write) are kept as they are: surrogateescape round-trips them
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    lines = text.splitlines()
     kept = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines if step else [], start=1):  # step 0: everything goes
         if not line.strip():
             continue
         try:
@@ -84,19 +87,35 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except ValueError as error:
-            if number < len(lines):
+            if any(rest.strip() for rest in lines[number:]):
                 raise ValueError(f"{path}, line {number}: not a JSON record ({error}); the lines after it are "
                                  "intact, so this is not an interrupted write: repair or remove the line") from None
             logger.warning("%s, line %d: dropped an unfinished record (a write cut off when the run stopped)", path, number)
             continue
-        if step and record.get("step", 0) <= step:
+        if record.get("step", 0) <= step:
             kept.append(line)
+    if kept == lines and text.endswith("\n"):
+        return
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write("".join(line + "\n" for line in kept))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write("".join(line + "\n" for line in kept).encode("utf-8", errors="surrogateescape"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_metrics(path: Path, kind: str | None = "train") -> list[dict[str, Any]]:

@@ -38,7 +38,8 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 # everything a run (and its report) writes into its folder; train.overwrite removes these and nothing else
 RUN_OUTPUTS = (CONFIG_FILE, CONFIG_CHANGES_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints", "final_model",
                "eval", "plots", "analysis", "report.html")
-HIDDEN_RUN_OUTPUTS = (".final_model-",)  # temporary folders of an interrupted final save
+# temporary folders of an interrupted final save, temporary files of an interrupted rewrite of a log
+HIDDEN_RUN_OUTPUTS = (".final_model-", ".metrics.jsonl.tmp", ".samples.jsonl.tmp")
 
 # settings whose change on resume would make the earlier steps mean something else: the method, the
 # weights and tokenizer, the data and its split, the order of prompts, the shape of a group

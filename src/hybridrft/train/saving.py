@@ -50,28 +50,35 @@ def save_step_checkpoint(
 def save_final_model(path: Path, *, engine, processes, model, policy, tokenizer, model_config) -> None:
     """The trained model as one ``save_pretrained`` folder (LoRA: merged, or the adapter alone), written
     into a temporary folder beside ``path``, every file fsynced, and renamed into place: an interrupted
-    save leaves the previous ``path`` (if any) whole and never a half-written one under its name."""
+    save leaves the previous ``path`` (if any) whole and never a half-written one under its name.
+    Temporary folders that an earlier, killed save left beside ``path`` are removed first."""
     model_state = engine.full_state_dict(model)  # a collective under FSDP2 / ZeRO-3
     if processes.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}-*"):  # only this function makes such names
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        aside = None  # the previous final model while the new one is renamed into place
         try:
             _write_final_model(tmp, engine=engine, policy=policy, tokenizer=tokenizer, model_config=model_config,
                                model_state=model_state)
             for file in sorted(tmp.rglob("*")):
                 ckpt.fsync_path(file)
             ckpt.fsync_path(tmp)
-            old = None
             if path.exists():  # moved aside, not deleted, until the new one is in place
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-                os.replace(path, old / path.name)
+                aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+                os.replace(path, aside / path.name)
             os.replace(tmp, path)
             ckpt.fsync_path(path.parent)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if aside is not None and (aside / path.name).exists() and not path.exists():
+                os.replace(aside / path.name, path)  # the new one never got in: the previous one goes back
+            for folder in (tmp, aside):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
             raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     processes.wait()
 
 
