@@ -292,3 +292,20 @@ def test_without_flock_an_exclusive_lock_file_stands_in(tmp_path, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="hybridrft"):
         RunFolderLock(tmp_path).acquire().release()
     assert f"removing a stale lock left by pid {record['pid']}" in caplog.text
+
+
+def test_the_command_prints_a_refused_resume_as_written(tiny_model_dir, tmp_path):
+    """The message names train.allow_config_changes=[...]: printed as text, not read as markup."""
+    from typer.testing import CliRunner
+
+    from hybridrft.cli.main import app
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_model_dir, out, "method=srft", "train.max_steps=1")).train()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "grpo", "model": {"name_or_path": str(tiny_model_dir)},
+                                      "train": {"output_dir": str(out)}}))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--resume"])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "train.allow_config_changes=[" in said and ",method," in said and said.rstrip().endswith("]")

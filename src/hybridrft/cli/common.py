@@ -8,11 +8,13 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr (unwrapped, so it can be copied) and exit with code 2."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    # the message is text, not markup: "train.allow_config_changes=[method]" must print as written
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 

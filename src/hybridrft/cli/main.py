@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hybridrft.cli.common import fail, setup_logging
@@ -47,7 +48,7 @@ def _run_training(config) -> "TrainResult":  # noqa: F821
     except (NonFiniteTrainingError, CheckpointWriteError) as err:
         fail(str(err))
     except TrainingStopped as stopped:
-        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {stopped}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {escape(str(stopped))}", highlight=False)
         raise typer.Exit(STOPPED_EXIT_CODE)
     if not result.is_main_process:  # rank 0 writes the report
         return result
