@@ -174,6 +174,7 @@ def test_every_numeric_field_refuses_a_value_outside_its_range(key):
             load_config(overrides=[f"{key}={text}"])
         message = str(error.value)
         assert "\n" not in message and message.startswith(f"{key}=") and "is not allowed: it must be" in message, message
+        assert str(value) in message, f"{message!r} does not name the value {value!r}"
 
 
 @pytest.mark.parametrize(
@@ -202,6 +203,24 @@ def test_boundary_values_with_a_meaning_are_accepted():
     config = load_config(overrides=["rollout.temperature=0", "rollout.top_p=1", "train.save_every=0", "eval.every=0",
                                     "train.max_grad_norm=null", "grpo.dual_clip=null", "train.keep_checkpoints=0"])
     assert config.rollout.temperature == 0 and config.train.max_grad_norm is None
+
+
+def test_validate_config_checks_a_config_made_in_python():
+    from hybridrft.config import Config, validate_config
+
+    config = Config()
+    validate_config(config)  # the defaults are in range
+    config.train.learning_rate = float("nan")
+    with pytest.raises(ConfigError, match=r"^train.learning_rate=nan is not allowed: it must be a finite number > 0$"):
+        validate_config(config)
+    config = Config()
+    config.train.max_steps = None  # None only where the field is Optional
+    with pytest.raises(ConfigError, match=r"^train.max_steps=null is not allowed: it must be an integer >= 1$"):
+        validate_config(config)
+    config = Config()
+    config.rollout.generation_batch_size = True  # bool is not a number
+    with pytest.raises(ConfigError, match="rollout.generation_batch_size=True"):
+        validate_config(config)
 
 
 def test_a_config_built_in_python_is_validated_too(tiny_model_dir, tmp_path):

@@ -113,7 +113,7 @@ class RolloutConfig:
 
     # native (shared prompt pass, compacting KV cache) | hf (transformers.generate) | vllm (colocated engine)
     backend: str = "native"
-    temperature: float = ranged(1.0, ">= 0")
+    temperature: float = ranged(1.0, ">= 0")  # 0: greedy decoding (no sampling; top_p unused)
     top_p: float = ranged(1.0, "(0, 1]")
     max_new_tokens: int = ranged(256, ">= 1")
     generation_batch_size: int = ranged(64, ">= 1")  # sequences per generate() call
@@ -187,7 +187,7 @@ class GRPOConfig:
     dual_clip: Optional[float] = ranged(None, "> 1")
     log_ratio_bound: Optional[float] = ranged(20.0, "> 0")  # log(pi/pi_old) clamped to [-bound, bound] (verl); None: unclamped
     beta: float = ranged(0.0, ">= 0")  # k3 KL to the initial policy; 0 loads no reference model
-    entropy_coef: float = ranged(0.0, "any")  # entropy bonus c_H (methods set their reference value as their default)
+    entropy_coef: float = ranged(0.0, ">= 0")  # entropy bonus c_H, 0: none (methods set their reference value as their default)
     entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
     # correction of the sampler-trainer mismatch (truncated importance sampling): the policy-gradient term of
     # each rollout token times w = pi_old / pi_sampler, truncated at rollout_is_cap (*_truncate) or zeroed
@@ -234,7 +234,7 @@ class TrainConfig:
     logprob_chunk_size: int = ranged(1024, ">= 1")  # token positions projected onto the vocabulary at once (in 8192-column tiles)
     shared_prompt_forward: bool = True  # run each prompt once per micro-batch; its completions attend to it
     save_every: int = ranged(0, ">= 0")  # 0: save only at the end
-    keep_checkpoints: int = ranged(2, ">= 0")
+    keep_checkpoints: int = ranged(2, ">= 0")  # the newest N step checkpoints are kept (0: all of them)
     log_samples: int = ranged(2, ">= 0")  # completions per step written to samples.jsonl
     report_to: List[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     num_threads: Optional[int] = ranged(None, ">= 1")  # torch intra-op threads (default: all cores)
