@@ -187,7 +187,8 @@ class GRPOConfig:
     dual_clip: Optional[float] = ranged(None, "> 1")
     log_ratio_bound: Optional[float] = ranged(20.0, "> 0")  # log(pi/pi_old) clamped to [-bound, bound] (verl); None: unclamped
     beta: float = ranged(0.0, ">= 0")  # k3 KL to the initial policy; 0 loads no reference model
-    entropy_coef: float = ranged(0.0, ">= 0")  # entropy bonus c_H, 0: none (methods set their reference value as their default)
+    # entropy bonus c_H, 0: none, negative: an entropy penalty (methods set their reference value as their default)
+    entropy_coef: float = ranged(0.0, "any")
     entropy_tokens: str = "all"  # all: every completion token of an RL step, demonstrations included; rollouts
     # correction of the sampler-trainer mismatch (truncated importance sampling): the policy-gradient term of
     # each rollout token times w = pi_old / pi_sampler, truncated at rollout_is_cap (*_truncate) or zeroed

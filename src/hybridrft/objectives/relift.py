@@ -71,7 +71,7 @@ class ReLIFTConfig:
     # its gradient clip: relift_trainer.yaml sft.sft_grad_clip=1.0 (train.sh keeps it); None: not clipped
     sft_max_grad_norm: Optional[float] = ranged(1.0, "> 0")
     # entropy bonus of the fine-tuning loss, a token mean over demonstration tokens: train.sh sft.entropy_coeff=0.001
-    sft_entropy_coef: float = ranged(0.001, ">= 0")  # 0: none
+    sft_entropy_coef: float = ranged(0.001, "any")  # 0: none; negative: an entropy penalty
     # optimizer updates per fine-tuning batch: sft_data_size / sft_mini_batch_size = 128 / 128 (train.sh)
     sft_updates: int = ranged(1, ">= 1")
     sft_epochs: int = ranged(1, ">= 1")  # passes over the fine-tuning batch: train.sh sft.sft_epochs=1
