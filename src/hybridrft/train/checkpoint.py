@@ -120,6 +120,20 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def replace_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: written to ``.NAME.tmp`` beside it,
+    fsynced, renamed over it, the folder fsynced. A failed write leaves ``path`` as it was and no
+    temporary file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_durably(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
@@ -310,20 +324,15 @@ def latest_complete_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def checkpoint_to_resume(root: Path, *, resume: bool, overwrite: bool, is_main: bool = True, wait=lambda: None) -> Path | None:
+def checkpoint_to_resume(root: Path, *, resume: bool, is_main: bool = True, wait=lambda: None) -> Path | None:
     """The checkpoint a run continues from: None for a fresh run, else the newest complete one.
 
-    A folder that already holds checkpoints is refused unless the run resumes or overwrites. Rank 0
-    first removes the temporary folders a killed save left (``wait`` holds the others until it has).
+    (Whether a fresh run may start in the folder at all is ``run_folder.prepare_run_folder``'s to say.)
+    Rank 0 first removes the temporary folders a killed save left (``wait`` holds the others until it has).
     """
-    existing = list_checkpoints(root)
-    if existing and not resume and not overwrite:
-        raise FileExistsError(
-            f"{root.parent} already holds a run ({existing[-1].name}); pass --resume to continue it, "
-            "train.overwrite=true to start over in it, or choose another train.output_dir"
-        )
     if not resume:
         return None
+    existing = list_checkpoints(root)
     if is_main:
         remove_partial_checkpoints(root)
     wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hybridrft.report.runs import read_jsonl
+from hybridrft.train.checkpoint import replace_durably
 
 logger = logging.getLogger(__name__)
 
@@ -96,26 +96,7 @@ def _keep_lines_up_to(path: Path, step: int) -> None:
             kept.append(line)
     if kept == lines and text.endswith("\n"):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write("".join(line + "\n" for line in kept).encode("utf-8", errors="surrogateescape"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(path, "".join(line + "\n" for line in kept).encode("utf-8", errors="surrogateescape"))
 
 
 def read_metrics(path: Path, kind: str | None = "train") -> list[dict[str, Any]]:

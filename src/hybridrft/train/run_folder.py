@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from hybridrft.config.loading import _valid_keys
 from hybridrft.config.schema import config_class
+from hybridrft.train.checkpoint import replace_durably
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 # everything a run (and its report) writes into its folder; train.overwrite removes these and nothing else
 RUN_OUTPUTS = (CONFIG_FILE, CONFIG_CHANGES_FILE, "metrics.jsonl", "samples.jsonl", "checkpoints", "final_model",
                "eval", "plots", "analysis", "report.html")
-# temporary folders of an interrupted final save, temporary files of an interrupted rewrite of a log
-HIDDEN_RUN_OUTPUTS = (".final_model-", ".metrics.jsonl.tmp", ".samples.jsonl.tmp")
+# temporary folders of an interrupted final save, temporary files of an interrupted rewrite of a run's file
+# (checkpoint.replace_durably writes .NAME.tmp)
+HIDDEN_RUN_OUTPUTS = (".final_model-",) + tuple(f".{name}.tmp" for name in RUN_OUTPUTS if "." in name)
 
 # settings whose change on resume would make the earlier steps mean something else: the method, the
 # weights and tokenizer, the data and its split, the order of prompts, the shape of a group
@@ -193,10 +195,6 @@ class RunFolderLock:
 
 # ------------------------------------------------------------------ the folder's contents
 
-def _lock_names() -> tuple[str, ...]:
-    return LOCK_FILE, FALLBACK_LOCK_FILE
-
-
 def run_outputs_in(folder: Path) -> list[Path]:
     """What a run wrote in ``folder``: its outputs, an interrupted final save, and a tracker's log
     folder (named like the run folder, as accelerate's TensorBoard tracker names it)."""
@@ -211,7 +209,7 @@ def run_outputs_in(folder: Path) -> list[Path]:
 def prepare_run_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a fresh run in a folder that holds anything (a run's outputs or anything else); with
     ``overwrite``, remove the previous run's outputs first (said in a warning) and keep the rest."""
-    contents = sorted(p for p in folder.iterdir() if p.name not in _lock_names()) if folder.is_dir() else []
+    contents = sorted(p for p in folder.iterdir() if p.name not in (LOCK_FILE, FALLBACK_LOCK_FILE)) if folder.is_dir() else []
     if resume or not contents:
         return
     names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in contents[:8]) + (" ..." if len(contents) > 8 else "")
@@ -290,14 +288,4 @@ def record_config_changes(folder: Path, step: int, changes: dict[str, tuple[Any,
                                 "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                                 "changes": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}))
     if kept or path.exists():
-        write_text_atomically(path, "".join(line + "\n" for line in kept))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file, fsynced and renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        replace_durably(path, "".join(line + "\n" for line in kept).encode())

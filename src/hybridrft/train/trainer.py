@@ -51,8 +51,7 @@ from hybridrft.train.preflight import (check_context_length, check_same_tokenize
                                        describe_model, keep_examples_with_demonstrations, model_positions,
                                        warn_if_little_space)
 from hybridrft.train.run_folder import (CONFIG_CHANGES_FILE, CONFIG_FILE, RunFolderError, RunFolderLock,
-                                        prepare_run_folder, record_config_changes, resume_config_changes,
-                                        write_text_atomically)
+                                        prepare_run_folder, record_config_changes, resume_config_changes)
 from hybridrft.train.stopping import StopRequested, StopSignals, TrainingStopped
 from hybridrft.train.processes import Processes
 from hybridrft.train.saving import save_final_model, save_step_checkpoint
@@ -162,11 +161,10 @@ class Trainer:
         self.signals = StopSignals(immediate=self.processes.count == 1)  # handlers installed while train() runs
         self.lock = self._claim_run_folder()  # one run per folder; a fresh run needs an empty one
         resume_from = ckpt.checkpoint_to_resume(
-            self.checkpoint_dir, resume=cfg.resume, overwrite=cfg.overwrite,
-            is_main=self.processes.is_main, wait=self.processes.wait,
+            self.checkpoint_dir, resume=cfg.resume, is_main=self.processes.is_main, wait=self.processes.wait,
         )
         self.resumed_from = resume_from
-        self.config_changes = self._check_resume_config(resume_from)
+        self.config_changes: dict | None = self._check_resume_config(resume_from)  # None once recorded
 
         # tokenizer, objective, data: checked against the method and the model before the model loads
         self.tokenizer = tokenizer or load_tokenizer(str(resume_from / "model") if resume_from else config.model.name_or_path)
@@ -214,6 +212,7 @@ class Trainer:
         self.prompts = PromptStream(len(self.train_set), cfg.seed, rank=self.processes.rank, world_size=self.processes.count)
         self.evals: dict[int, EvalResult] = {}
         self.eval_pending = False  # an evaluation due after self.step has not been made yet
+        self._saved: tuple[int, bool] | None = None  # (step, eval_pending) of the last checkpoint this trainer wrote
         self.skipped_steps = self.bad_steps_in_a_row = 0  # steps skipped for a non-finite loss or gradient
         self.large_grad_skipped_updates = 0  # updates not applied for train.skip_grad_norm_above
         if resume_from:
@@ -640,7 +639,7 @@ class Trainer:
         name = next((n for n in self.processes.gather(self.signals.requested) if n), "a signal to another process")
         checkpoint = None
         if self.step > 0:
-            saved = getattr(self, "_saved", None) == (self.step, self.eval_pending)
+            saved = self._saved == (self.step, self.eval_pending)
             checkpoint = self.checkpoint_dir / f"step-{self.step:06d}" if saved else self.save()
         detail = " (the evaluation due after this step runs first when the run resumes)" if self.eval_pending else ""
         raise TrainingStopped(name, self.step, checkpoint, self.output_dir, detail)
@@ -662,10 +661,12 @@ class Trainer:
         last_step = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
         if main:
             config_file = self.output_dir / CONFIG_FILE
-            if self.resumed_from is None or not config_file.exists():  # a resumed run keeps the record it started with
-                write_text_atomically(config_file, config_to_yaml(self.config))
-            if self.resumed_from is not None:
+            # a fresh run's folder has none; a resumed run keeps the record it started with; so does a second train()
+            if not config_file.exists():
+                ckpt.replace_durably(config_file, config_to_yaml(self.config).encode())
+            if self.resumed_from is not None and self.config_changes is not None:
                 record_config_changes(self.output_dir, self.step, self.config_changes)
+                self.config_changes = None  # once: a later train() of this trainer continues the same resume
         if cfg.report_to:
             self.accelerator.init_trackers(self.output_dir.name)
         with StepProgress(
