@@ -183,3 +183,42 @@ def require_shared_data(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared_data(SHARED_DATA)
+
+
+def write_tiny_recipe(path: Path, model_dir, out: Path, *, method: str = "srft", eval: dict | None = None,
+                      train: dict | None = None) -> Path:
+    """A recipe file for a real `hybridrft train` process on the tiny model: 4 steps of 2 prompts, 3
+    rollouts of at most 6 tokens, no evaluation at the start; ``eval`` and ``train`` add or override keys."""
+    import torch
+    import yaml
+
+    recipe = {
+        "method": method,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"builtin_size": 24},
+        "rollout": {"max_new_tokens": 6},
+        "group": {"num_generations": 3},
+        "reward": {"functions": ["math"], "weights": [1.0]},
+        "eval": {"size": 4, "max_new_tokens": 6, "at_start": False, **(eval or {})},
+        "train": {
+            "output_dir": str(out), "max_steps": 4, "prompts_per_step": 2, "micro_batch_size": 3,
+            "learning_rate": 1e-3, "num_threads": 1, "lr_scheduler": "cosine",
+            # on CUDA the shared-prompt backward sums with atomic adds: exact comparisons use the plain forward
+            "shared_prompt_forward": not torch.cuda.is_available(), **(train or {}),
+        },
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_outcome(out: Path) -> tuple[str, list[dict]]:
+    """A finished run's final weights (SHA-256) and its metrics rows without times: what an
+    interrupted and resumed run must reproduce exactly."""
+    import hashlib
+
+    from hybridrft.train import read_metrics
+
+    weights = hashlib.sha256((out / "final_model" / "model.safetensors").read_bytes()).hexdigest()
+    drop = ("time/", "throughput/")
+    rows = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(out / "metrics.jsonl", kind=None)]
+    return weights, rows

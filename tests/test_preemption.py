@@ -6,7 +6,6 @@ test-only pause points (which, like the work they stand in for, end when a stop 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import shutil
@@ -18,32 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
-from hybridrft.train import STOPPED_EXIT_CODE, list_checkpoints, read_metrics
+from conftest import run_outcome, write_tiny_recipe
+from hybridrft.train import STOPPED_EXIT_CODE, list_checkpoints
 from hybridrft.train import checkpoint as checkpoint_module
 
 
-def _recipe(tmp_path: Path, model_dir: Path, out: Path, **train) -> Path:
+def _recipe(tmp_path: Path, model_dir: Path, out: Path) -> Path:
     """4 SRFT steps, evaluation after steps 2 and 4, no periodic checkpoint (the default save_every=0)."""
-    recipe = {
-        "method": "srft",
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"builtin_size": 24},
-        "rollout": {"max_new_tokens": 6},
-        "group": {"num_generations": 3},
-        "reward": {"functions": ["math"], "weights": [1.0]},
-        "eval": {"size": 4, "max_new_tokens": 6, "at_start": False, "every": 2},
-        "train": {
-            "output_dir": str(out), "max_steps": 4, "prompts_per_step": 2, "micro_batch_size": 3,
-            "learning_rate": 1e-3, "num_threads": 1, "lr_scheduler": "cosine",
-            "shared_prompt_forward": not torch.cuda.is_available(), **train,
-        },
-    }
-    path = tmp_path / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_recipe(tmp_path / f"{out.name}.yaml", model_dir, out, eval={"every": 2})
 
 
 def _launch(command: list[str], pause_at: str | None = None) -> subprocess.Popen:
@@ -101,20 +83,13 @@ def _finish(command: list[str]) -> str:
     return err
 
 
-def _outcome(out: Path) -> tuple[str, list[dict]]:
-    weights = hashlib.sha256((out / "final_model" / "model.safetensors").read_bytes()).hexdigest()
-    drop = ("time/", "throughput/")
-    rows = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(out / "metrics.jsonl", kind=None)]
-    return weights, rows
-
-
 @pytest.fixture(scope="module")
 def straight(tiny_model_dir, tmp_path_factory):
     """The run never stopped."""
     tmp = tmp_path_factory.mktemp("straight")
     out = tmp / "straight"
     _finish(_train_command(_recipe(tmp, tiny_model_dir, out)))
-    return _outcome(out)
+    return run_outcome(out)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +117,7 @@ def test_a_signal_checkpoints_the_last_finished_step_and_the_resume_is_bit_ident
     assert not (out / "final_model").exists()
     assert seconds < 60, f"{seconds:.1f} s from the signal to the exit"
     _finish(_train_command(recipe, "--resume"))
-    assert _outcome(out) == straight, what
+    assert run_outcome(out) == straight, what
 
 
 def test_a_duplicate_signal_is_one_request_and_a_later_second_one_stops_at_once(tiny_model_dir, tmp_path):
@@ -187,4 +162,4 @@ def test_under_accelerate_launch_every_process_stops_at_the_same_step(tiny_model
     assert err.count("saved the checkpoint of step 2") >= 1, err[-3000:]
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000002"]
     _finish(launcher + [str(recipe), "--resume"])
-    assert _outcome(out) == _outcome(reference)
+    assert run_outcome(out) == run_outcome(reference)

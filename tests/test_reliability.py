@@ -8,7 +8,6 @@ moments (the trainer's test-only pause points) and resumed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -20,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import tiny_config
+from conftest import run_outcome, tiny_config, write_tiny_recipe
 from hybridrft.train import (
     CheckpointError,
     CheckpointWriteError,
@@ -285,23 +283,7 @@ def test_a_real_full_disk_stops_the_command_with_the_message(tiny_model_dir, tmp
 # ---------------------------------------------------------------- kill anywhere
 
 def _recipe(tmp_path: Path, model_dir: Path, out: Path) -> Path:
-    recipe = {
-        "method": "srft",
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"builtin_size": 24},
-        "rollout": {"max_new_tokens": 6},
-        "group": {"num_generations": 3},
-        "reward": {"functions": ["math"], "weights": [1.0]},
-        "eval": {"size": 4, "max_new_tokens": 6, "at_start": False},
-        "train": {
-            "output_dir": str(out), "max_steps": 4, "prompts_per_step": 2, "micro_batch_size": 3,
-            "learning_rate": 1e-3, "save_every": 1, "keep_checkpoints": 5, "num_threads": 1,
-            "lr_scheduler": "cosine", "shared_prompt_forward": not torch.cuda.is_available(),
-        },
-    }
-    path = tmp_path / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_recipe(tmp_path / f"{out.name}.yaml", model_dir, out, train={"save_every": 1, "keep_checkpoints": 5})
 
 
 def _launch(recipe: Path, *args: str, pause_at: str | None = None) -> subprocess.Popen:
@@ -335,13 +317,6 @@ def _finish(recipe: Path, *args: str) -> None:
     assert process.returncode == 0, err[-3000:]
 
 
-def _outcome(out: Path) -> tuple[str, list[dict]]:
-    weights = hashlib.sha256((out / "final_model" / "model.safetensors").read_bytes()).hexdigest()
-    drop = ("time/", "throughput/")
-    rows = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(out / "metrics.jsonl", kind=None)]
-    return weights, rows
-
-
 def _kill_and_resume(tmp_path, model_dir, points: list[str]):
     straight = tmp_path / "straight"
     _finish(_recipe(tmp_path, model_dir, straight))
@@ -351,7 +326,7 @@ def _kill_and_resume(tmp_path, model_dir, points: list[str]):
         _kill_at(recipe, point, *(["--resume"] if k else []))
     _finish(recipe, "--resume")
     assert not list((out / "checkpoints").glob(".step-*")), "a killed save left its temporary folder"
-    assert _outcome(out) == _outcome(straight)
+    assert run_outcome(out) == run_outcome(straight)
 
 
 def test_killed_while_writing_a_checkpoint_resumes_bit_identical(tiny_model_dir, tmp_path):

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, write_tiny_recipe
 from hybridrft.data import Example
 from hybridrft.train import RunFolderError, Trainer, list_checkpoints
 from hybridrft.train import checkpoint as checkpoint_module
@@ -59,15 +58,8 @@ def _launch(recipe: Path, *args: str, pause_at: str | None = None) -> subprocess
 
 
 def _recipe(tmp_path: Path, model_dir: Path, out: Path, method: str = "srft") -> Path:
-    recipe = {"method": method, "model": {"name_or_path": str(model_dir)}, "data": {"builtin_size": 24},
-              "rollout": {"max_new_tokens": 6}, "group": {"num_generations": 3},
-              "reward": {"functions": ["math"], "weights": [1.0]},
-              "eval": {"size": 4, "max_new_tokens": 6, "at_start": False},
-              "train": {"output_dir": str(out), "max_steps": 3, "prompts_per_step": 2, "micro_batch_size": 3,
-                        "learning_rate": 1e-3, "save_every": 1, "num_threads": 1}}
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_recipe(tmp_path / f"{method}.yaml", model_dir, out, method=method,
+                             train={"max_steps": 3, "save_every": 1})
 
 
 def test_concurrent_commands_on_one_folder_and_a_stale_lock(tiny_model_dir, tmp_path):
