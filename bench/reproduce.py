@@ -1,23 +1,27 @@
 """A small-scale reproduction: do SRFT and SASR beat their baselines here, at equal budget?
 
-Every method trains the embedded SmolLM2-135M-Instruct on the built-in arithmetic task with the
-same prompts, chat rendering, reward, sampling, group sizes and number of steps; each method's own
-hyperparameters are its defaults (docs/methods.md), its learning rate the best of a short sweep on
-a validation split. Evaluation: greedy accuracy and avg@4 at temperature 0.6 on an in-distribution
-held-out set and on an out-of-distribution set of harder problems, neither ever trained on.
+Every method trains on the built-in arithmetic task with the same start, prompts, chat rendering,
+reward, sampling, group sizes and number of steps; each method's own hyperparameters are its
+defaults (docs/methods.md), its learning rate the best of a short sweep on a validation split.
+Evaluation: greedy accuracy and avg@4 at temperature 0.6 on an in-distribution held-out set and on
+an out-of-distribution set of harder problems, neither ever trained on.
+
+Two studies share the data. ``warm`` (the default, the main table of docs/RESULTS.md): every method
+starts from one SFT checkpoint that solves about a third of the held-out problems
+(bench/warm_start.py), the papers' regime; 48 steps; the start is evaluated once. ``base``: the
+first study, every method from the base SmolLM2 (3% solved), 16 steps.
 
 The study is a sum of resumable pieces: each piece (a sweep run, a training run, an evaluation)
-lives in its own folder under ``--root`` and is skipped once finished; a killed training run
-resumes from its last checkpoint. ``results`` rebuilds docs/RESULTS.md from the folders. The
-whole study took about 5.4 h of wall-clock on 2 cores, mostly as two one-thread jobs side by side;
-evaluation is about two thirds of it (docs/RESULTS.md, "Cost").
+lives in its own folder under ``--root`` (the warm study's under ``warm/``) and is skipped once
+finished; a killed training run resumes from its last checkpoint. ``results`` rebuilds
+docs/RESULTS.md from the folders. Run it as two one-thread jobs, the methods split between them:
 
     python bench/reproduce.py plan                          # what is done, what remains
-    nohup python bench/reproduce.py run > bench/out/reproduce.log 2>&1 &
-    python bench/reproduce.py run --methods srft,sasr --seeds 0,1
-    python bench/reproduce.py run --threads 1 --methods sft,grpo &   # two jobs share two cores
-    python bench/reproduce.py run --threads 1 --methods srft,sasr &
+    python bench/reproduce.py pilot --threads 1             # how many steps: SFT and SRFT for 96
+    nohup python bench/reproduce.py run --threads 1 --methods sft,grpo,luffy,srft,static_mix > a.log 2>&1 &
+    nohup python bench/reproduce.py run --threads 1 --methods sasr,relift,chord,hpt > b.log 2>&1 &
     python bench/reproduce.py results                       # docs/RESULTS.md and docs/results/*.png
+    python bench/reproduce.py run --study base              # the first study again
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -38,7 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO / "bench" / "out" / "reproduce"
 
-# ---------------------------------------------------------------- the study's settings
+# ---------------------------------------------------------------- the studies' settings
 
 MODEL = "smollm2-135m-instruct"
 DATA_SEED = 1234
@@ -46,54 +51,108 @@ SIZES = {"train": 2000, "validation": 128, "id": 256, "ood": 256}
 ID_STEPS, OOD_STEPS = (1, 2), (3, 4)  # operations per problem
 OOD_NUMBERS = dict(max_operand=60, max_factor=9, max_value=300)  # in distribution: 20, 9, 100
 
-STEPS = 16  # training steps of every method (and so STEPS x PROMPTS prompts seen)
 PROMPTS, ROLLOUTS, DEMOS = 4, 4, 1  # per step; per prompt; per prompt
 ROLLOUT_TOKENS, EVAL_TOKENS = 96, 128
 CURVE_EVERY, CURVE_SIZE = 8, 64  # held-out accuracy during training: the first 64 ID problems
-SWEEP_STEPS = 8
-SWEEP_RATES = (1e-5, 3e-5, 1e-4)
 AVG_SAMPLES, AVG_TEMPERATURE = 4, 0.6
-
-SEEDED = ("sft", "grpo", "two_stage", "luffy", "srft", "sasr")  # 3 seeds each
-SINGLE = ("static_mix", "chord", "hpt")  # 1 seed each
-METHODS = SEEDED + SINGLE
 SEEDS = (0, 1, 2)
 LABELS = {"sft": "SFT", "grpo": "GRPO", "two_stage": "SFT then GRPO", "luffy": "LUFFY", "srft": "SRFT",
-          "sasr": "SASR", "static_mix": "static mix", "chord": "CHORD", "hpt": "HPT"}
+          "sasr": "SASR", "relift": "ReLIFT", "static_mix": "static mix", "chord": "CHORD", "hpt": "HPT"}
 
 
-def scaled(method: str, steps: int) -> dict:
-    """Budgets that a method's defaults state in steps of a long run, scaled to a run of ``steps``
-    (the sweep's shorter runs included, so that they exercise every phase too)."""
+@dataclass(frozen=True)
+class Study:
+    """One protocol: what every method starts from, how long it trains, which methods get 3 seeds,
+    and where (under ``--root``) its pieces live."""
+
+    name: str
+    folder: str  # under --root; "" for the first study, whose folders came first
+    start: str  # the model every method starts from: a model name, or a path under --root
+    start_eval: str  # folder under --root of the start's evaluation, made once
+    steps: int
+    seeded: tuple[str, ...]  # 3 seeds each
+    single: tuple[str, ...]  # 1 seed each
+    sweep_steps: int
+    sweep_rates: tuple[float, ...]
+    curve_at_start: bool  # evaluate the curve's step 0 in every run (the first study), or once, from start_eval
+    eval_dtype: str  # of the table's evaluations (the curves are the trainer's, in its float32)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.seeded + self.single
+
+    def home(self, root: Path) -> Path:
+        return root / self.folder if self.folder else root
+
+    def start_model(self, root: Path) -> str:
+        return self.start if self.start == MODEL else str(root / self.start)
+
+
+# The first study: every method from the base model, which solves 3.1% of the ID problems.
+BASE_REGIME = Study(name="base", folder="", start=MODEL, start_eval="base", steps=16,
+                    seeded=("sft", "grpo", "two_stage", "luffy", "srft", "sasr"), single=("static_mix", "chord", "hpt"),
+                    sweep_steps=8, sweep_rates=(1e-5, 3e-5, 1e-4), curve_at_start=True, eval_dtype="float32")
+# The second, in the papers' regime: every method from one SFT checkpoint that solves about a third of
+# them (bench/warm_start.py). "SFT then GRPO" is GRPO here; ReLIFT joins. The steps: the pilot's
+# flattening point (see ``pilot``).
+WARM_START = Study(name="warm", folder="warm", start="warm/start", start_eval="warm/start-eval", steps=48,
+                   seeded=("sft", "grpo", "luffy", "srft", "sasr", "relift"), single=("static_mix", "chord", "hpt"),
+                   sweep_steps=16, sweep_rates=(3e-6, 1e-5, 3e-5), curve_at_start=False,
+                   eval_dtype="bfloat16")
+STUDIES = {s.name: s for s in (BASE_REGIME, WARM_START)}
+PILOT_METHODS, PILOT_STEPS, PILOT_RATE = ("sft", "srft"), 96, 1e-5
+
+
+def scaled(method: str, steps: int, learning_rate: float) -> dict:
+    """Budgets that a method's defaults state in steps or batch sizes of a long run, scaled to a run of
+    ``steps`` steps of PROMPTS prompts (the sweep's shorter runs included, so that they exercise every
+    phase too)."""
     return {
         "two_stage": {"two_stage": {"sft_steps": steps // 2}},
         "sasr": {"sasr": {"warmup_steps": max(1, steps // 5)}},
         "chord": {"chord": {"mu_warmup_steps": max(1, steps // 5), "mu_decay_steps": steps // 2}},
+        # ReLIFT's scripts fine-tune once the buffer holds one training batch (sft_data_size =
+        # train_batch_size = 128), at the RL rate (both 1e-6)
+        "relift": {"relift": {"sft_prompts": PROMPTS, "sft_learning_rate": learning_rate}},
     }.get(method, {})
 
 
-def method_recipe(method: str, root: Path, out: Path, *, seed: int, learning_rate: float, steps: int,
-                  curve: bool) -> dict:
+def method_recipe(method: str, root: Path, out: Path, *, model: str, seed: int, learning_rate: float, steps: int,
+                  eval_split: str, eval_size: int, eval_every: int, eval_at_start: bool) -> dict:
     recipe = {
         "method": method,
-        "model": {"name_or_path": MODEL},
+        "model": {"name_or_path": model},
         "data": {
             "source": str(root / "data" / "train.jsonl"),
-            "eval_source": str(root / "data" / ("id.jsonl" if curve else "validation.jsonl")),
+            "eval_source": str(root / "data" / f"{eval_split}.jsonl"),
             "format": "fields",
             "fields": {"prompt": "prompt", "answer": "answer", "demonstration": "demonstration", "id": "id"},
         },
         "rollout": {"temperature": 1.0, "max_new_tokens": ROLLOUT_TOKENS, "generation_batch_size": 32},
         "group": {"num_generations": ROLLOUTS, "demos_per_prompt": DEMOS},
         "reward": {"functions": ["math"], "weights": [1.0]},
-        "eval": {"size": CURVE_SIZE if curve else SIZES["validation"], "max_new_tokens": EVAL_TOKENS,
-                 "batch_size": 32, "at_start": curve, "every": CURVE_EVERY if curve else 0},
+        "eval": {"size": eval_size, "max_new_tokens": EVAL_TOKENS, "batch_size": 32, "at_start": eval_at_start,
+                 "every": eval_every},
         "train": {"output_dir": str(out), "max_steps": steps, "prompts_per_step": PROMPTS, "micro_batch_size": 10,
                   "learning_rate": learning_rate, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 2,
                   "max_grad_norm": 1.0, "seed": seed, "save_every": 4, "keep_checkpoints": 1},
     }
-    recipe.update(scaled(method, steps))
+    recipe.update(scaled(method, steps, learning_rate))
     return recipe
+
+
+def sweep_recipe(study: Study, method: str, root: Path, out: Path, learning_rate: float) -> dict:
+    """A sweep run: seed 0, ``study.sweep_steps`` steps, scored once at the end on the validation split."""
+    return method_recipe(method, root, out, model=study.start_model(root), seed=0, learning_rate=learning_rate,
+                         steps=study.sweep_steps, eval_split="validation", eval_size=SIZES["validation"],
+                         eval_every=0, eval_at_start=False)
+
+
+def run_recipe(study: Study, method: str, root: Path, out: Path, seed: int, learning_rate: float) -> dict:
+    """A run of the table: ``study.steps`` steps, the curve on the first CURVE_SIZE ID problems."""
+    return method_recipe(method, root, out, model=study.start_model(root), seed=seed, learning_rate=learning_rate,
+                         steps=study.steps, eval_split="id", eval_size=CURVE_SIZE, eval_every=CURVE_EVERY,
+                         eval_at_start=study.curve_at_start)
 
 
 # ---------------------------------------------------------------- the pieces
@@ -153,13 +212,15 @@ def train(root: Path, out: Path, recipe: dict, *, keep_model: bool) -> None:
     (out / "done.json").write_text(json.dumps(done))
 
 
-def evaluate(root: Path, model: str, out: Path) -> None:
-    """Greedy and avg@4 (temperature 0.6) on both held-out sets; ``hybridrft eval`` resumes itself."""
+def evaluate(root: Path, model: str, out: Path, *, dtype: str = "float32", sampled: bool = True) -> None:
+    """Greedy and (``sampled``) avg@4 at temperature 0.6 on both held-out sets, in ``dtype``;
+    ``hybridrft eval`` resumes itself."""
     suites = ["--suite", f"id={root / 'data' / 'id.jsonl'}", "--suite", f"ood={root / 'data' / 'ood.jsonl'}",
               "--format", "fields", "--field", "prompt=prompt", "--field", "answer=answer", "--field", "id=id"]
-    common = ["--max-new-tokens", str(EVAL_TOKENS), "--batch-size", "64"]
-    for name, sampling in (("greedy", []), ("sampled", ["--samples", str(AVG_SAMPLES), "--temperature",
-                                                        str(AVG_TEMPERATURE), "--seed", "0"])):
+    common = ["--max-new-tokens", str(EVAL_TOKENS), "--batch-size", "64", "--dtype", dtype]
+    passes = [("greedy", []), ("sampled", ["--samples", str(AVG_SAMPLES), "--temperature", str(AVG_TEMPERATURE),
+                                           "--seed", "0"])]
+    for name, sampling in passes[: 2 if sampled else 1]:
         target = out / f"eval-{name}"
         if (target / "results.json").is_file() and (target / "done").is_file():
             continue
@@ -168,35 +229,61 @@ def evaluate(root: Path, model: str, out: Path) -> None:
         (target / "done").write_text(f"{time.time() - started:.1f}\n")
 
 
-def sweep_choice(root: Path, method: str) -> float:
-    """The learning rate with the best validation accuracy after SWEEP_STEPS (ties: the smaller)."""
-    scores = {}
-    for rate in SWEEP_RATES:
-        out = root / "sweep" / f"{method}-lr{rate:g}"
-        train(root, out, method_recipe(method, root, out, seed=0, learning_rate=rate, steps=SWEEP_STEPS, curve=False),
-              keep_model=False)
+def sweep_choice(study: Study, root: Path, method: str) -> float:
+    """The learning rate with the best validation accuracy after ``study.sweep_steps`` (ties: the smaller)."""
+    home, scores = study.home(root), {}
+    for rate in study.sweep_rates:
+        out = home / "sweep" / f"{method}-lr{rate:g}"
+        train(root, out, sweep_recipe(study, method, root, out, rate), keep_model=False)
         evals = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
         scores[rate] = evals[-1]["eval/accuracy"]
-    best = max(SWEEP_RATES, key=lambda rate: (scores[rate], -rate))
-    (root / "sweep" / f"{method}.json").write_text(json.dumps({"scores": {f"{k:g}": v for k, v in scores.items()},
+    best = max(study.sweep_rates, key=lambda rate: (scores[rate], -rate))
+    (home / "sweep" / f"{method}.json").write_text(json.dumps({"scores": {f"{k:g}": v for k, v in scores.items()},
                                                                "chosen": best}))
     return best
 
 
-def run(root: Path, methods: list[str], seeds: list[int]) -> None:
-    """Data, the base model's evaluation, every method's sweep, then seed by seed every method's run
-    and its evaluation (so a partial study already compares every method on its first seeds)."""
+def prepare_start(study: Study, root: Path) -> None:
+    """The data, the start (the warm start is trained and chosen once) and its evaluation, made once."""
     write_data(root)
-    evaluate(root, MODEL, root / "base")
-    rates = {method: sweep_choice(root, method) for method in methods}
+    if study.start != MODEL:
+        import warm_start  # its own script: it imports this one's data and evaluation
+
+        warm_start.run(root)
+        warm_start.choose(root)
+    evaluate(root, study.start_model(root), root / study.start_eval, dtype=study.eval_dtype)
+    if study.eval_dtype != "float32":  # the curves' step 0, in the trainer's precision
+        evaluate(root, study.start_model(root), root / study.start_eval / "fp32", sampled=False)
+
+
+def run(study: Study, root: Path, methods: list[str], seeds: list[int]) -> None:
+    """The start, every method's sweep, then seed by seed every method's run and its evaluation (so a
+    partial study already compares every method on its first seeds)."""
+    prepare_start(study, root)
+    rates = {method: sweep_choice(study, root, method) for method in methods}
     for k, seed in enumerate(seeds):
         for method in methods:
-            if method not in SEEDED and k > 0:
+            if method not in study.seeded and k > 0:
                 continue
-            out = root / "runs" / f"{method}-seed{seed}"
-            recipe = method_recipe(method, root, out, seed=seed, learning_rate=rates[method], steps=STEPS, curve=True)
-            train(root, out, recipe, keep_model=True)
-            evaluate(root, str(out / "final_model"), out)
+            out = study.home(root) / "runs" / f"{method}-seed{seed}"
+            train(root, out, run_recipe(study, method, root, out, seed, rates[method]), keep_model=True)
+            evaluate(root, str(out / "final_model"), out, dtype=study.eval_dtype)
+
+
+def pilot(study: Study, root: Path, methods: list[str]) -> None:
+    """Long runs from the start (PILOT_STEPS steps at PILOT_RATE, greedy validation accuracy every
+    CURVE_EVERY steps) that show where the curves flatten, and so how many steps the study needs."""
+    prepare_start(study, root)
+    for method in methods:
+        out = study.home(root) / "pilot" / method
+        recipe = method_recipe(method, root, out, model=study.start_model(root), seed=0, learning_rate=PILOT_RATE,
+                               steps=PILOT_STEPS, eval_split="validation", eval_size=SIZES["validation"],
+                               eval_every=CURVE_EVERY, eval_at_start=False)
+        train(root, out, recipe, keep_model=False)
+    for method in PILOT_METHODS:
+        curve = [(r["step"], r["eval/accuracy"]) for r in read_jsonl(study.home(root) / "pilot" / method / "metrics.jsonl")
+                 if r.get("kind") == "eval"]
+        print(f"{method:8s} " + "  ".join(f"{step}: {acc:.1%}" for step, acc in curve))
 
 
 # ---------------------------------------------------------------- the results
@@ -217,7 +304,9 @@ def read_eval(folder: Path) -> dict[str, float] | None:
 
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}  # Student's t, 95%
-CLAIMS_TESTED = [("srft", other) for other in ("sft", "grpo", "two_stage", "luffy")] + \
+# The orderings each paper claims: SRFT over SFT, GRPO, SFT then GRPO, LUFFY (and ReLIFT, a baseline of
+# its Table 2 for the 7B model); SASR over SFT, GRPO, static mixing. A study tests those of its methods.
+CLAIMS_TESTED = [("srft", other) for other in ("sft", "grpo", "two_stage", "luffy", "relift")] + \
                 [("sasr", other) for other in ("sft", "grpo", "static_mix")]
 METRICS = (("eval-greedy", "id/pass@1", "ID greedy"), ("eval-greedy", "ood/pass@1", "OOD greedy"),
            ("eval-sampled", "id/avg@4", "ID avg@4"), ("eval-sampled", "ood/avg@4", "OOD avg@4"))
@@ -245,12 +334,19 @@ def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] |
     return mean_a - mean_b, T_975.get(df, 1.96) * math.sqrt(pooled * (1 / len(a) + 1 / len(b)))
 
 
-def claim_table(root: Path) -> list[str]:
-    """One row per ordering the papers claim: the difference in points and whether it holds here."""
-    scores = {m: {key: [r[key] for o in sorted((root / "runs").glob(f"{m}-seed*")) if (r := read_eval(o / folder))]
-                  for folder, key, _ in METRICS} for m in METHODS}
+def run_folders(home: Path, method: str) -> list[Path]:
+    return sorted((home / "runs").glob(f"{method}-seed*"))
+
+
+def claim_table(home: Path, methods: tuple[str, ...]) -> list[str]:
+    """One row per ordering the papers claim among ``methods``: the difference in points and whether it
+    holds here."""
+    scores = {m: {key: [r[key] for o in run_folders(home, m) if (r := read_eval(o / folder))]
+                  for folder, key, _ in METRICS} for m in methods}
     lines = ["| claim | " + " | ".join(label for _, _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for better, other in CLAIMS_TESTED:
+        if better not in methods or other not in methods:
+            continue
         cells = []
         for _, key, _ in METRICS:
             found = difference_interval(scores[better][key], scores[other][key])
@@ -279,21 +375,25 @@ def rewarded_cell(costs: list[dict[str, float]]) -> str:
     return f"{statistics.fmean(rewarded) * 100:.0f}%" if rewarded else "-"
 
 
-def results(root: Path, doc: Path) -> None:
-    base_greedy, base_sampled = read_eval(root / "base" / "eval-greedy"), read_eval(root / "base" / "eval-sampled")
+def main_table(study: Study, root: Path) -> list[str]:
+    home = study.home(root)
+    start_greedy = read_eval(root / study.start_eval / "eval-greedy")
+    start_sampled = read_eval(root / study.start_eval / "eval-sampled") or {}
     lines = ["| method | seeds | lr | ID greedy | OOD greedy | ID avg@4 | OOD avg@4 | generated tokens | trained tokens | train time | rewarded groups |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    if base_greedy:
-        lines.append(f"| base model (before) | - | - | {base_greedy['id/pass@1'] * 100:.1f} | {base_greedy['ood/pass@1'] * 100:.1f} | "
-                     f"{(base_sampled or {}).get('id/avg@4', math.nan) * 100:.1f} | {(base_sampled or {}).get('ood/avg@4', math.nan) * 100:.1f} | - | - | - | - |")
-    for method in METHODS:
-        outs = sorted((root / "runs").glob(f"{method}-seed*"))
+    if start_greedy:
+        cells = [start_greedy["id/pass@1"], start_greedy["ood/pass@1"], start_sampled.get("id/avg@4", math.nan),
+                 start_sampled.get("ood/avg@4", math.nan)]
+        name = "base model (before)" if study.start == MODEL else "warm start (before)"
+        lines.append(f"| {name} | - | - | " + " | ".join(f"{v * 100:.1f}" for v in cells) + " | - | - | - | - |")
+    for method in study.methods:
+        outs = run_folders(home, method)
         greedy = [g for o in outs if (g := read_eval(o / "eval-greedy"))]
         sampled = [s for o in outs if (s := read_eval(o / "eval-sampled"))]
         if not greedy:
             continue
         costs = [run_costs(o) for o in outs if (o / "done.json").is_file()]
-        choice = json.loads((root / "sweep" / f"{method}.json").read_text())["chosen"]
+        choice = json.loads((home / "sweep" / f"{method}.json").read_text())["chosen"]
         mean = lambda key: statistics.fmean(c[key] for c in costs)  # noqa: E731
         lines.append(
             f"| {LABELS[method]} | {len(greedy)} | {choice:g} | {mean_interval([g['id/pass@1'] for g in greedy])} | "
@@ -301,88 +401,207 @@ def results(root: Path, doc: Path) -> None:
             f"{mean_interval([s['ood/avg@4'] for s in sampled])} | {mean('generated'):,.0f} | {mean('trained'):,.0f} | "
             f"{mean('seconds') / 60:.1f} min | {rewarded_cell(costs)} |"
         )
+    return lines
+
+
+def results(study: Study, root: Path, doc: Path) -> None:
+    """docs/RESULTS.md: the warm-start study from its folders, then the first study's frozen section."""
+    if study is not WARM_START:
+        raise SystemExit("the page is built from the warm-start study; the first study's section is "
+                         "bench/reproduce_base_regime.md, as measured")
+    home = study.home(root)
     sweeps = [f"- {LABELS[m]}: " + ", ".join(f"{k}: {v * 100:.1f}%" for k, v in json.loads(p.read_text())["scores"].items())
-              for m in METHODS if (p := root / "sweep" / f"{m}.json").is_file()]
-    plots = draw_plots(root, doc.parent / "results")
-    text = (REPO / "bench" / "reproduce_results.md").read_text()
-    text = text.replace("{{TABLE}}", "\n".join(lines)).replace("{{SWEEPS}}", "\n".join(sweeps) or "(not run yet)")
-    text = text.replace("{{STATUS}}", status_line(root)).replace("{{SETUP}}", setup_text()).replace("{{ORDERINGS}}", "\n".join(claim_table(root)))
+              for m in study.methods if (p := home / "sweep" / f"{m}.json").is_file()]
     threads = sorted({json.loads((o / "done.json").read_text()).get("threads", "all")
-                      for o in (root / "runs").glob("*-seed*") if (o / "done.json").is_file()})
-    text = text.replace("{{THREADS}}", ", ".join(threads) or "n/a")
-    text = text.replace("{{PLOTS}}", "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)")
-    text = text.replace("{{CLAIMS}}", written_claims(doc))
+                      for o in (home / "runs").glob("*-seed*") if (o / "done.json").is_file()})
+    plots = draw_curves(study, root, doc.parent / "results")
+    fills = {
+        "STATUS": status_line(study, root), "SETUP": setup_text(study, root), "TABLE": "\n".join(main_table(study, root)),
+        "SWEEPS": "\n".join(sweeps) or "(not run yet)", "THREADS": ", ".join(threads) or "n/a",
+        "PLOTS": "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)",
+        "ORDERINGS": "\n".join(claim_table(home, study.methods)), "PILOT": pilot_text(study, root),
+        "CLAIMS": written_claims(doc), "BASE_REGIME": (REPO / "bench" / "reproduce_base_regime.md").read_text().rstrip(),
+    }
+    text = (REPO / "bench" / "reproduce_results.md").read_text()
+    for key, value in fills.items():
+        text = text.replace("{{" + key + "}}", value)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote {doc}")
 
 
-def setup_text() -> str:
-    ood = OOD_NUMBERS
-    return "\n".join([
-        f"- Model: the embedded {MODEL}, fp32 on a 2-core CPU.",
+def setup_text(study: Study, root: Path) -> str:
+    ood, steps = OOD_NUMBERS, study.steps
+    start = json.loads((root / "warm" / "start.json").read_text()) if study.start != MODEL else None
+    lines = [f"- Model: the embedded {MODEL}, fp32 on a 2-core CPU."]
+    if start:
+        import warm_start
+
+        lines.append(
+            f"- Start of every method: one SFT run from {MODEL} on the training split ({warm_start.LEARNING_RATE:g} "
+            f"learning rate, {2 * PROMPTS} prompts per step, one demonstration each; `bench/warm_start.py`), "
+            f"checkpointed and scored greedily on the validation split every {warm_start.EVERY} steps: "
+            + ", ".join(f"step {k}: {v * 100:.1f}%" for k, v in start["curve"].items())
+            + f". Step {start['step']} is the checkpoint closest to {warm_start.TARGET:.0%} inside the "
+            f"{warm_start.BAND[0]:.0%}-{warm_start.BAND[1]:.0%} band; it has seen {start['step'] * 2 * PROMPTS} "
+            "training problems, none of the held-out ones.")
+    lines += [
         f"- Training data: the built-in arithmetic word problems ({ID_STEPS[0]}-{ID_STEPS[1]} operations, addends up "
         f"to 20, one-digit factors, values up to 100), {SIZES['train']:,} problems with one demonstration each.",
         f"- Held-out sets, never trained on: **ID**, {SIZES['id']} further problems of the same generator and stream; "
         f"**OOD**, {SIZES['ood']} problems of the same generator with {OOD_STEPS[0]}-{OOD_STEPS[1]} operations, addends "
         f"up to {ood['max_operand']} and values up to {ood['max_value']} (another seed). A separate validation split of "
         f"{SIZES['validation']} ID problems chooses each method's learning rate.",
-        f"- Every method: {STEPS} steps of {PROMPTS} prompts ({STEPS * PROMPTS} prompts seen), {ROLLOUTS} rollouts "
+        f"- Every method: {steps} steps of {PROMPTS} prompts ({steps * PROMPTS} prompts seen), {ROLLOUTS} rollouts "
         f"and {DEMOS} demonstration per prompt (where the method uses them), sampling at temperature 1.0 with at most "
         f"{ROLLOUT_TOKENS} new tokens, the `math` reward, the same chat rendering. Each method's other hyperparameters "
-        "are its defaults (docs/methods.md); budgets the defaults give in steps of a long run are scaled: "
-        f"two-stage switches to GRPO after {scaled('two_stage', STEPS)['two_stage']['sft_steps']} steps, SASR warms up "
-        f"for {scaled('sasr', STEPS)['sasr']['warmup_steps']} steps, CHORD's mu rises for "
-        f"{scaled('chord', STEPS)['chord']['mu_warmup_steps']} steps and decays over "
-        f"{scaled('chord', STEPS)['chord']['mu_decay_steps']} (in the sweep's {SWEEP_STEPS}-step runs: the same "
-        "fractions).",
-        f"- Learning rate per method: the best validation accuracy after {SWEEP_STEPS} steps among "
-        + ", ".join(f"{r:g}" for r in SWEEP_RATES) + " (ties: the smaller).",
-        f"- Evaluation: greedy accuracy (pass@1) and avg@{AVG_SAMPLES} at temperature {AVG_TEMPERATURE}, at most "
-        f"{EVAL_TOKENS} new tokens, with `hybridrft eval`.",
-    ])
+        "are its defaults (docs/methods.md); budgets the defaults give in steps or batches of a long run are scaled: "
+        + budgets_text(study) + ".",
+        f"- Learning rate per method: the best validation accuracy after {study.sweep_steps} steps from the start among "
+        + ", ".join(f"{r:g}" for r in study.sweep_rates) + " (ties: the smaller).",
+        f"- Evaluation: the start once; every run at its end, greedy accuracy (pass@1) and avg@{AVG_SAMPLES} at "
+        f"temperature {AVG_TEMPERATURE} on the full ID and OOD sets, at most {EVAL_TOKENS} new tokens, with "
+        f"`hybridrft eval --dtype {study.eval_dtype}`" + (EVAL_DTYPE_NOTE if study.eval_dtype != "float32" else "")
+        + f"; during training, greedy accuracy on the first {CURVE_SIZE} ID problems every {CURVE_EVERY} steps, "
+        "in the trainer's float32 (the curves).",
+    ]
+    return "\n".join(lines)
 
 
-CLAIMS = "## The papers' claims, one by one"
+def budgets_text(study: Study) -> str:
+    parts = []
+    for method in study.methods:
+        found = scaled(method, study.steps, 0.0)
+        if method == "two_stage":
+            parts.append(f"two-stage switches to GRPO after {found['two_stage']['sft_steps']} steps")
+        elif method == "sasr":
+            parts.append(f"SASR warms up for {found['sasr']['warmup_steps']} steps")
+        elif method == "chord":
+            parts.append(f"CHORD's mu rises for {found['chord']['mu_warmup_steps']} steps and decays over "
+                         f"{found['chord']['mu_decay_steps']}")
+        elif method == "relift":
+            parts.append(f"ReLIFT fine-tunes once its buffer holds {found['relift']['sft_prompts']} unsolved prompts "
+                         "(one step's batch, as its scripts' 128 of 128), at the run's learning rate (its scripts: "
+                         "both 1e-6)")
+    return "; ".join(parts) + f" (in the sweep's {study.sweep_steps}-step runs: the same fractions)"
+
+
+def pilot_text(study: Study, root: Path) -> str:
+    """The pilot's validation curves, one line per method."""
+    lines = []
+    for method in PILOT_METHODS:
+        curve = [(r["step"], r["eval/accuracy"]) for r in read_jsonl(study.home(root) / "pilot" / method / "metrics.jsonl")
+                 if r.get("kind") == "eval"]
+        if curve:
+            lines.append(f"- {LABELS[method]}: " + ", ".join(f"{step}: {acc * 100:.1f}%" for step, acc in curve))
+    return "\n".join(lines) or "(not run yet)"
+
+
+EVAL_DTYPE_NOTE = (
+    " (this CPU multiplies bfloat16 on its AMX units, 2.5x as fast as float32 here, which is what fits the "
+    "study's 2,560 completions per run into its budget; on the start, 9 of the first 128 ID problems' greedy "
+    "verdicts differ between the two precisions, 33.6% in bfloat16 against 35.9% in float32, so rows compare "
+    "with each other, all in bfloat16, and not with float32 numbers)")
+
+CLAIMS, CLAIMS_END = "## Claim by claim", "\n## The first study"
 
 
 def written_claims(doc: Path) -> str:
     """The claims section is written by hand once the numbers are in; a rebuild keeps it."""
     if doc.is_file() and CLAIMS in doc.read_text():
-        return doc.read_text().split(CLAIMS, 1)[1].strip()
+        return doc.read_text().split(CLAIMS, 1)[1].split(CLAIMS_END, 1)[0].strip()
     return "(written once the study has finished)"
 
 
-def draw_plots(root: Path, folder: Path) -> list[Path]:
-    """``hybridrft report`` over each method's first seed; its accuracy and entropy panels, kept."""
-    runs = [o for m in METHODS if (o := root / "runs" / f"{m}-seed0").joinpath("done.json").is_file()]
-    if not runs:
+CURVE_PANELS = (("eval/accuracy", "held-out accuracy (first 64 ID problems, greedy)"),
+                ("reward/mean", "rollout reward (mean of the step's rollouts)"),
+                ("entropy/rollout", "policy entropy on its rollouts (nats/token)"),
+                ("entropy/demo", "policy entropy on the demonstrations (nats/token)"))
+SMOOTH = 5  # steps in the moving average of the per-step panels
+
+
+def start_curve_point(root: Path, study: Study) -> float | None:
+    """The curve's step 0: the start's greedy accuracy on the first CURVE_SIZE ID problems, from its one
+    evaluation (the warm-start study does not evaluate step 0 in every run)."""
+    folder = root / study.start_eval / ("fp32" if study.eval_dtype != "float32" else "") / "eval-greedy"
+    rows = read_jsonl(folder / "generations" / "id.jsonl")
+    first = [r for r in rows if int(r["id"].split("-")[-1]) < CURVE_SIZE]
+    return statistics.fmean(bool(r["correct"]) for r in first) if len(first) == CURVE_SIZE else None
+
+
+def method_curves(folders: list[Path], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps, seed mean, seed minimum and seed maximum of one metric (a training metric smoothed over
+    SMOOTH steps first); steps where a seed did not log it (an SFT step of SASR) are left out."""
+    kind = "eval" if key.startswith("eval/") else "train"
+    per_seed = []
+    for folder in folders:
+        rows = [r for r in read_jsonl(folder / "metrics.jsonl") if r.get("kind") == kind and key in r]
+        steps, values = [r["step"] for r in rows], [r[key] for r in rows]
+        if kind == "train":
+            values = [statistics.fmean(values[max(0, i - SMOOTH + 1): i + 1]) for i in range(len(values))]
+        per_seed.append(dict(zip(steps, values)))
+    steps = sorted(set().union(*per_seed)) if per_seed else []
+    steps = [s for s in steps if all(s in seed for seed in per_seed)]
+    columns = [[seed[s] for seed in per_seed] for s in steps]
+    return steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
+
+
+def draw_curves(study: Study, root: Path, folder: Path) -> list[Path]:
+    """One figure, four panels, every method overlaid: its seeds' mean, and their range shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    home = study.home(root)
+    finished = {m: [o for o in run_folders(home, m) if (o / "done.json").is_file()] for m in study.methods}
+    finished = {m: runs for m, runs in finished.items() if runs}
+    if not finished:
         return []
-    report = root / "report"
-    hybridrft("report", *map(str, runs), "-o", str(report), "--title", "Reproduction: every method, seed 0")
+    start = start_curve_point(root, study)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    for ax, (key, title) in zip(axes.flat, CURVE_PANELS):
+        for k, (method, runs) in enumerate(finished.items()):
+            steps, mean, low, high = method_curves(runs, key)
+            if key == "eval/accuracy" and start is not None and steps and steps[0] != 0:
+                steps, mean, low, high = [0, *steps], [start, *mean], [start, *low], [start, *high]
+            if not steps:
+                continue
+            colour = f"C{k}"
+            ax.plot(steps, mean, color=colour, label=f"{LABELS[method]} ({len(runs)})",
+                    marker="o" if key == "eval/accuracy" else None, markersize=3)
+            if len(runs) > 1:
+                ax.fill_between(steps, low, high, color=colour, alpha=0.12, linewidth=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8, title="method (seeds)", title_fontsize=8)
+    fig.suptitle(f"From the warm start: every method, mean over seeds, range shaded; per-step panels "
+                 f"smoothed over {SMOOTH} steps", fontsize=11)
+    fig.tight_layout()
     folder.mkdir(parents=True, exist_ok=True)
-    kept = []
-    for name in ("accuracy", "entropy"):
-        if (report / "plots" / f"{name}.png").is_file():
-            kept.append(Path(shutil.copy(report / "plots" / f"{name}.png", folder / f"{name}.png")))
-    return kept
+    path = folder / "warm-curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
-def method_progress(root: Path, method: str) -> tuple[int, int, int, int]:
+def method_progress(study: Study, root: Path, method: str) -> tuple[int, int, int, int]:
     """(sweep runs finished, sweep runs in all, runs evaluated, runs in all) of one method."""
-    swept = [(root / "sweep" / f"{method}-lr{r:g}" / "done.json").is_file() for r in SWEEP_RATES]
-    runs = [(root / "runs" / f"{method}-seed{s}" / "eval-sampled" / "done").is_file()
-            for s in (SEEDS if method in SEEDED else SEEDS[:1])]
+    home = study.home(root)
+    swept = [(home / "sweep" / f"{method}-lr{r:g}" / "done.json").is_file() for r in study.sweep_rates]
+    runs = [(home / "runs" / f"{method}-seed{s}" / "eval-sampled" / "done").is_file()
+            for s in (SEEDS if method in study.seeded else SEEDS[:1])]
     return sum(swept), len(swept), sum(runs), len(runs)
 
 
-def progress(root: Path) -> tuple[int, int, int, int]:
+def progress(study: Study, root: Path) -> tuple[int, int, int, int]:
     """The same four counts over every method."""
-    return tuple(map(sum, zip(*(method_progress(root, m) for m in METHODS))))
+    return tuple(map(sum, zip(*(method_progress(study, root, m) for m in study.methods))))
 
 
-def status_line(root: Path) -> str:
-    swept, sweeps, done, runs = progress(root)
+def status_line(study: Study, root: Path) -> str:
+    swept, sweeps, done, runs = progress(study, root)
     if swept == sweeps and done == runs:
         return f"The study is complete: {sweeps} sweep runs and {runs} runs, every one evaluated."
     return (f"**The study is still running**: {swept} of {sweeps} sweep runs and {done} of {runs} runs are "
@@ -390,29 +609,37 @@ def status_line(root: Path) -> str:
             "once every run is in.")
 
 
-def plan(root: Path) -> None:
-    for method in METHODS:
-        swept, sweeps, done, runs = method_progress(root, method)
+def plan(study: Study, root: Path) -> None:
+    for method in study.methods:
+        swept, sweeps, done, runs = method_progress(study, root, method)
         print(f"{method:12s} sweep {swept}/{sweeps}  runs evaluated {done}/{runs}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "results", "plan"])
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("command", choices=["run", "pilot", "results", "plan"])
+    parser.add_argument("--study", choices=sorted(STUDIES), default=WARM_START.name,
+                        help="warm: every method from the shared SFT warm start (the main table); "
+                             "base: the first study, every method from the base model")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: every method of the study)")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per training/evaluation process (default: all cores)")
     args = parser.parse_args()
+    study = STUDIES[args.study]
+    default_methods = PILOT_METHODS if args.command == "pilot" else study.methods
+    methods = [m for m in (args.methods or ",".join(default_methods)).split(",") if m]
+    use_threads(args.threads)
     if args.command == "run":
-        use_threads(args.threads)
-        run(args.root, [m for m in args.methods.split(",") if m], [int(s) for s in args.seeds.split(",")])
+        run(study, args.root, methods, [int(s) for s in args.seeds.split(",")])
+    elif args.command == "pilot":
+        pilot(study, args.root, methods)
     elif args.command == "results":
-        results(args.root, args.doc)
+        results(study, args.root, args.doc)
     else:
-        plan(args.root)
+        plan(study, args.root)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ and the choice is remade from ``metrics.jsonl``.
     python bench/warm_start.py choose        # prints the curve and the chosen step; exports the model
     nohup python bench/warm_start.py evaluate > bench/out/warm_eval.log 2>&1 &   # the start, once: greedy, avg@4
 
+``bench/reproduce.py run`` (the warm-start study) does all three first.
+
 First run (2026-12-05, 8 prompts per step, lr 1e-5, greedy validation accuracy by step): 8: 16.4%,
 16: 32.8%, 24: 53.1%, 32: 51.6%, 40: 68.0%, 48: 64.8%, 56: 72.7%, 64: 73.4% (the base model: 3.1% on
 the ID set). Chosen: step 16. SFT goes on climbing well past the band, so continued SFT is a strong
@@ -26,8 +28,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import (DEFAULT_ROOT, EVAL_TOKENS, MODEL, PROMPTS, SIZES, evaluate, hybridrft,  # noqa: E402
-                       read_jsonl, use_threads, write_data)
+from reproduce import (DEFAULT_ROOT, EVAL_TOKENS, MODEL, PROMPTS, SIZES, hybridrft, read_jsonl,  # noqa: E402
+                       use_threads, write_data)
 
 STEPS, EVERY = 64, 8
 LEARNING_RATE = 1e-5
@@ -95,8 +97,10 @@ def main() -> None:
         run(args.root)
     elif args.command == "choose":
         choose(args.root)
-    else:  # the start is evaluated once, not once per run (#22)
-        evaluate(args.root, str(args.root / "warm" / "start"), args.root / "warm" / "start-eval")
+    else:  # the start is evaluated once, not once per run, in the study's precision (and float32 for the curves)
+        from reproduce import WARM_START, prepare_start
+
+        prepare_start(WARM_START, args.root)
 
 
 if __name__ == "__main__":

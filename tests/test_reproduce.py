@@ -3,6 +3,7 @@ orderings table computes the intervals it states."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,27 +18,47 @@ REPO = Path(__file__).resolve().parents[1]
 def reproduce():
     spec = importlib.util.spec_from_file_location("reproduce", REPO / "bench" / "reproduce.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # its dataclass resolves annotations through sys.modules
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop("reproduce", None)
 
 
-@pytest.mark.parametrize("curve", [True, False])
-def test_every_method_gets_a_valid_recipe_with_the_same_shared_settings(reproduce, tmp_path, curve):
-    steps = reproduce.STEPS if curve else reproduce.SWEEP_STEPS
+@pytest.mark.parametrize("study", ["base", "warm"])
+@pytest.mark.parametrize("kind", ["sweep", "run"])
+def test_every_method_gets_a_valid_recipe_with_the_same_shared_settings(reproduce, tmp_path, study, kind):
+    study = reproduce.STUDIES[study]
+    steps = study.steps if kind == "run" else study.sweep_steps
     shared = set()
-    for method in reproduce.METHODS:
-        recipe = reproduce.method_recipe(method, tmp_path, tmp_path / method, seed=1, learning_rate=3e-5,
-                                         steps=steps, curve=curve)
+    for method in study.methods:
+        out = tmp_path / method
+        recipe = (reproduce.run_recipe(study, method, tmp_path, out, 1, 3e-5) if kind == "run"
+                  else reproduce.sweep_recipe(study, method, tmp_path, out, 3e-5))
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump(recipe))
         config = load_config(path)
         assert config.method == method and config.train.learning_rate == 3e-5
+        assert config.model.name_or_path == study.start_model(tmp_path)
         shared.add((config.train.max_steps, config.train.prompts_per_step, config.group.num_generations,
                     config.group.demos_per_prompt, config.rollout.max_new_tokens, config.rollout.temperature,
-                    tuple(config.reward.functions), config.eval.size, config.eval.every))
+                    tuple(config.reward.functions), config.eval.size, config.eval.every, config.eval.at_start,
+                    Path(config.data.eval_source).name))
+        if method == "relift":  # one step's prompts per fine-tuning batch, at the run's rate
+            assert (config.relift.sft_prompts, config.relift.sft_learning_rate) == (reproduce.PROMPTS, 3e-5)
+    expected_eval = ((reproduce.CURVE_SIZE, reproduce.CURVE_EVERY, study.curve_at_start, "id.jsonl") if kind == "run"
+                     else (reproduce.SIZES["validation"], 0, False, "validation.jsonl"))
     assert shared == {(steps, reproduce.PROMPTS, reproduce.ROLLOUTS, reproduce.DEMOS, reproduce.ROLLOUT_TOKENS, 1.0,
-                       ("math",), reproduce.CURVE_SIZE if curve else reproduce.SIZES["validation"],
-                       reproduce.CURVE_EVERY if curve else 0)}
+                       ("math",), *expected_eval)}
+
+
+def test_the_warm_study_starts_from_the_warm_start_and_tests_every_claim_among_its_methods(reproduce):
+    warm = reproduce.WARM_START
+    assert warm.steps >= 48 and warm.start_model(Path("/r")) == "/r/warm/start"
+    assert {"sft", "grpo", "luffy", "srft", "sasr", "relift"} <= set(warm.seeded)
+    assert {"static_mix", "chord", "hpt"} <= set(warm.single)
+    tested = [(a, b) for a, b in reproduce.CLAIMS_TESTED if a in warm.methods and b in warm.methods]
+    assert tested == [("srft", "sft"), ("srft", "grpo"), ("srft", "luffy"), ("srft", "relift"),
+                      ("sasr", "sft"), ("sasr", "grpo"), ("sasr", "static_mix")]
 
 
 def test_difference_interval_is_the_pooled_t_interval(reproduce):
@@ -63,7 +84,8 @@ def test_claim_table_reads_the_evaluations_and_states_verdicts(reproduce, tmp_pa
     for seed, (srft, sft) in enumerate([(0.50, 0.10), (0.52, 0.12), (0.54, 0.14)]):
         write("srft", seed, (srft, 0.1), (srft, 0.1 + seed / 10))
         write("sft", seed, (sft, 0.1), (sft, 0.3 - seed / 10))
-    rows = {line.split(" |")[0].strip("| "): line for line in reproduce.claim_table(tmp_path)}
+    rows = {line.split(" |")[0].strip("| "): line
+            for line in reproduce.claim_table(tmp_path, reproduce.BASE_REGIME.methods)}
     cells = [c.strip() for c in rows["SRFT > SFT"].strip("|").split("|")[1:]]
     assert cells[0] == "+40.0 ± 4.5 (holds)"  # sd 2 points each side: 2.776 * 2 * sqrt(2/3) = 4.53
     assert cells[1] == "+0.0 ± 0.0 (not separable)"
@@ -84,3 +106,27 @@ def test_run_costs_sum_the_training_steps_and_count_rewarded_groups(reproduce, t
     assert costs["rewarded"] == pytest.approx(0.25)
     assert reproduce.rewarded_cell([costs, {"rewarded": float("nan")}]) == "25%"
     assert reproduce.rewarded_cell([reproduce.run_costs(tmp_path / "none")]) == "-"
+
+
+def test_curves_average_the_seeds_after_smoothing_and_start_from_the_one_start_evaluation(reproduce, tmp_path):
+    for seed, rewards in enumerate([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]):
+        rows = [{"kind": "train", "step": k + 1, "reward/mean": r} for k, r in enumerate(rewards)]
+        rows.insert(2, {"kind": "train", "step": 99, "loss": 1.0})  # a step without the metric is left out
+        rows += [{"kind": "eval", "step": 8, "eval/accuracy": 0.25 + seed / 4}]
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folders = [tmp_path / "s0", tmp_path / "s1"]
+    steps, mean, low, high = reproduce.method_curves(folders, "reward/mean")
+    # smoothed over up to SMOOTH steps: seed 0 [0, 0.5, 0.667], seed 1 [1, 1, 0.667]
+    assert steps == [1, 2, 3] and mean == pytest.approx([0.5, 0.75, 2 / 3]) and low == pytest.approx([0, 0.5, 2 / 3])
+    assert reproduce.method_curves(folders, "eval/accuracy") == ([8], [0.375], [0.25], [0.5])
+
+    study = reproduce.WARM_START
+    generations = tmp_path / study.start_eval / "fp32" / "eval-greedy" / "generations"  # the trainer's precision
+    generations.mkdir(parents=True)
+    rows = [{"id": f"id-{k}", "correct": k % 4 == 0} for k in range(reproduce.SIZES["id"])]
+    (generations / "id.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert reproduce.start_curve_point(tmp_path, study) == pytest.approx(0.25)
+    (generations / "id.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
+    assert reproduce.start_curve_point(tmp_path, study) is None  # an unfinished evaluation draws no point
