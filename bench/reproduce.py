@@ -97,7 +97,7 @@ BASE_REGIME = Study(name="base", folder="", start=MODEL, start_eval="base", step
 # flattening point (see ``pilot``).
 WARM_START = Study(name="warm", folder="warm", start="warm/start", start_eval="warm/start-eval", steps=48,
                    seeded=("sft", "grpo", "luffy", "srft", "sasr", "relift"), single=("static_mix", "chord", "hpt"),
-                   sweep_steps=16, sweep_rates=(3e-6, 1e-5, 3e-5), curve_at_start=False,
+                   sweep_steps=8, sweep_rates=(3e-6, 1e-5, 3e-5), curve_at_start=False,
                    eval_dtype="bfloat16")
 STUDIES = {s.name: s for s in (BASE_REGIME, WARM_START)}
 PILOT_METHODS, PILOT_STEPS, PILOT_RATE = ("sft", "srft"), 96, 1e-5
@@ -617,7 +617,8 @@ def plan(study: Study, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "pilot", "results", "plan"])
+    parser.add_argument("command", choices=["run", "sweep", "pilot", "results", "plan"],
+                        help="run: the whole study (sweeps first); sweep: the learning-rate sweeps only")
     parser.add_argument("--study", choices=sorted(STUDIES), default=WARM_START.name,
                         help="warm: every method from the shared SFT warm start (the main table); "
                              "base: the first study, every method from the base model")
@@ -634,6 +635,10 @@ def main() -> None:
     use_threads(args.threads)
     if args.command == "run":
         run(study, args.root, methods, [int(s) for s in args.seeds.split(",")])
+    elif args.command == "sweep":
+        prepare_start(study, args.root)
+        for method in methods:
+            sweep_choice(study, args.root, method)
     elif args.command == "pilot":
         pilot(study, args.root, methods)
     elif args.command == "results":
