@@ -45,6 +45,7 @@ ROLLOUT = "rollout"  # completion tokens of the policy's own rollouts
 DEMO = "demo"  # completion tokens of demonstrations
 TRAINED = "trained"  # the tokens the method's loss covers (default: every completion token)
 REGULARISED = "regularised"  # the tokens the entropy bonus covers (``grpo.entropy_tokens``)
+SAMPLED = "sampled"  # rollout tokens the sampler drew: every rollout token but a continued prefix's (Prefix-RFT)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class Objective(ABC):
     has_rl_term: ClassVar[bool] = True  # False for pure SFT: no entropy bonus, no KL, no reference
     trains_on_demonstrations: ClassVar[bool] = True  # False: the method never reads a demonstration (GRPO)
     summary_keys: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, label) for the progress line
+    # True: the step's rollouts continue demonstration prefixes the method draws (``rollout_prefixes``),
+    # ``rollouts_per_prefix`` continuations per slot (Prefix-RFT)
+    continues_prefixes: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         self.config = config
@@ -181,6 +185,7 @@ class Objective(ABC):
     def prepare_batch(self, batch: RolloutBatch, plan: StepPlan) -> dict[str, float]:
         """``prepare`` plus the masks every batch carries (for the shared terms and diagnostics)."""
         batch.masks = {COMPLETIONS: batch.loss_mask, ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
+        batch.masks[SAMPLED] = batch.masks[ROLLOUT] if batch.prefix_mask is None else batch.masks[ROLLOUT] & ~batch.prefix_mask
         batch.coefficients = {}
         metrics = self.prepare(batch, plan)
         batch.masks.setdefault(TRAINED, batch.loss_mask)
@@ -231,7 +236,7 @@ class Objective(ABC):
         if batch.ref_logp is not None:
             kl = k3_kl(out.logp.detach(), batch.ref_logp)
             metrics["kl/initial_policy"] = masked_token_mean(kl, batch.masks[COMPLETIONS], totals[COMPLETIONS])
-        if batch.sampler_logp is not None and totals[ROLLOUT].num_tokens:
+        if batch.sampler_logp is not None and totals[SAMPLED].num_tokens:
             metrics.update(self.mismatch_metrics(batch, out, totals))
         return metrics
 
@@ -240,7 +245,7 @@ class Objective(ABC):
         trainer's ``pi_old`` (stored old log-probs, else the current ones before this update), as the
         mean and max absolute difference and the k3 KL(sampler || trainer); with ``grpo.rollout_is``,
         the mean importance weight and the share of tokens whose weight was truncated or masked."""
-        mask, rollout = batch.masks[ROLLOUT], totals[ROLLOUT]
+        mask, rollout = batch.masks[SAMPLED], totals[SAMPLED]
         trainer_logp = behaviour_logp(batch, out)
         abs_diff, k3 = sampler_mismatch(trainer_logp, batch.sampler_logp)
         metrics = {

@@ -21,6 +21,7 @@ from hybridrft.config import GroupConfig
 from hybridrft.objectives.base import (
     RL,
     ROLLOUT,
+    SAMPLED,
     BatchTotals,
     Objective,
     PolicyOutputs,
@@ -58,7 +59,7 @@ def rollout_correction(cfg, batch: RolloutBatch, out: PolicyOutputs) -> torch.Te
             "native and vllm samplers record them when sampling (rollout.temperature > 0), the hf sampler does not"
         )
     return rollout_importance_weights(
-        behaviour_logp(batch, out), batch.sampler_logp, batch.masks[ROLLOUT], mode=cfg.rollout_is, cap=cfg.rollout_is_cap
+        behaviour_logp(batch, out), batch.sampler_logp, batch.masks[SAMPLED], mode=cfg.rollout_is, cap=cfg.rollout_is_cap
     )
 
 

@@ -22,6 +22,11 @@ class StepSequence:
     is_demo: bool
     truncated: bool  # a rollout that hit max_new_tokens without EOS (never a demonstration)
     sampler_logprobs: list[float] | None = None  # a rollout's per-token log-probs under the sampler, if recorded
+    # a rollout that continues a demonstration prefix: its first prefix_length completion tokens are
+    # the prefix (prefix_id -1: none), cut from a demonstration of demo_length tokens
+    prefix_id: int = -1
+    prefix_length: int = 0
+    demo_length: int = 0
 
 
 def rollout_sequences(completions: list[Completion]) -> list[StepSequence]:
@@ -49,9 +54,11 @@ def demonstration_sequences(
 
 
 def assemble_batch(
-    prompt_ids: list[list[int]], sequences: list[StepSequence], rewards: list[float], *, pad_id: int
+    prompt_ids: list[list[int]], sequences: list[StepSequence], rewards: list[float], *, pad_id: int,
+    with_prefixes: bool = False,
 ) -> RolloutBatch:
-    """One ``RolloutBatch`` of ``sequences`` (in order), each joined with its group's prompt."""
+    """One ``RolloutBatch`` of ``sequences`` (in order), each joined with its group's prompt; with
+    ``with_prefixes`` (a step that planned prefixes), their prefix fields too."""
     return build_rollout_batch(
         [prompt_ids[s.group] for s in sequences],
         [s.completion_ids for s in sequences],
@@ -61,6 +68,7 @@ def assemble_batch(
         truncated=[s.truncated for s in sequences],
         pad_id=pad_id,
         sampler_logprobs=[s.sampler_logprobs for s in sequences],
+        prefixes=[(s.prefix_id, s.prefix_length, s.demo_length) for s in sequences] if with_prefixes else None,
     )
 
 

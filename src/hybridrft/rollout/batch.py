@@ -32,6 +32,13 @@ class RolloutBatch:
     # named per-sequence coefficients [N]; both are sliced with the rows like every other field
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     coefficients: dict[str, torch.Tensor] = field(default_factory=dict)
+    # rollouts that continue a demonstration prefix (Prefix-RFT), set when the step planned prefixes:
+    # the prefix tokens [N, T] bool (part of the completion, not sampled), each row's prefix id [N] long
+    # (-1: none; rollouts of one prompt with one id share their prefix) and each prefix token's
+    # 1-based position over its demonstration's length [N, T] (0 elsewhere)
+    prefix_mask: torch.Tensor | None = None
+    prefix_id: torch.Tensor | None = None
+    prefix_position: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -75,7 +82,8 @@ class RolloutBatch:
         return replace(self, **moved)
 
 
-PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp")
+PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp", "prefix_mask",
+                    "prefix_position")
 
 
 def length_sorted_micro_batches(lengths: torch.Tensor, micro_batch_size: int) -> list[list[int]]:
@@ -139,11 +147,14 @@ def build_rollout_batch(
     truncated: list[bool],
     pad_id: int,
     sampler_logprobs: list[list[float] | None] | None = None,
+    prefixes: list[tuple[int, int, int]] | None = None,
 ) -> RolloutBatch:
     """Join each prompt with its completion and mark the completion tokens for the loss.
 
     ``sampler_logprobs`` gives each completion's per-token log-probs under the sampler (None for a
-    demonstration); the batch carries them only when every rollout has them."""
+    demonstration); the batch carries them only when every rollout has them. ``prefixes`` gives each
+    sequence's ``(prefix id, prefix tokens, demonstration tokens)`` when the step planned prefixes: the
+    first ``prefix tokens`` of its completion came from a demonstration of that length."""
     rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
     input_ids, attention_mask = pad_right(rows, pad_id)
     loss_mask = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -156,7 +167,7 @@ def build_rollout_batch(
         for i in rollouts:
             start = len(prompt_ids[i])
             sampler_logp[i, start : start + len(completion_ids[i])] = torch.tensor(sampler_logprobs[i], dtype=torch.float32)
-    return RolloutBatch(
+    batch = RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         loss_mask=loss_mask,
@@ -166,3 +177,11 @@ def build_rollout_batch(
         truncated=torch.tensor(truncated, dtype=torch.bool),
         sampler_logp=sampler_logp,
     )
+    if prefixes is not None:
+        batch.prefix_mask = torch.zeros_like(loss_mask)
+        batch.prefix_position = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for i, (p, (_, length, demo_length)) in enumerate(zip(prompt_ids, prefixes)):
+            batch.prefix_mask[i, len(p) : len(p) + length] = True
+            batch.prefix_position[i, len(p) : len(p) + length] = torch.arange(1, length + 1) / max(demo_length, 1)
+        batch.prefix_id = torch.tensor([prefix_id for prefix_id, _, _ in prefixes], dtype=torch.long)
+    return batch

@@ -41,6 +41,7 @@ from hybridrft.rewards import get_reward, reward_counters
 from hybridrft.rollout import (RolloutBatch, SamplingParams, VLLMSampler, assemble_batch, build_sampler,
                                demonstration_sequences, logged_samples, prompt_set, rollout_sequences, score_sequences,
                                update_parts)
+from hybridrft.rollout.prefixes import sample_prefix_continuations
 from hybridrft.train import checkpoint as ckpt
 from hybridrft.train.logging import MetricsLogger, StepProgress
 from hybridrft.train.memory import return_freed_blocks_at_once
@@ -122,6 +123,20 @@ def prompt_outcomes(processes: Processes, share: PromptShare, batch: RolloutBatc
     ]
     everyone = sorted(outcome for part in processes.gather(mine) for outcome in part)
     return [PromptOutcome(index, rollout_rewards) for _, index, rollout_rewards in everyone]
+
+
+def prefix_outcomes(processes: Processes, share: PromptShare, batch: RolloutBatch) -> list[tuple[int, tuple, tuple]]:
+    """Every prompt of the step's global batch as ``(training-set index, rewards of its unprefixed rollouts,
+    rewards of its prefixed ones)``, in global-batch order and the same on every process."""
+    rewards, groups, prefixed = batch.reward.tolist(), batch.group.tolist(), (batch.prefix_id >= 0).tolist()
+    mine = [
+        (position, index,
+         tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and not p),
+         tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and p))
+        for k, (position, index) in enumerate(zip(share.positions, share.indices))
+    ]
+    everyone = sorted(outcome for part in processes.gather(mine) for outcome in part)
+    return [(index, plain, helped) for _, index, plain, helped in everyone]
 
 
 class Trainer:
@@ -271,7 +286,8 @@ class Trainer:
     def _check_context_length(self, model) -> None:
         """Prompt + rollout, prompt + evaluation and prompt + demonstration budgets against the model's
         positions (``train/preflight.py``)."""
-        config, plan_demos = self.config, self.objective.needs_demonstrations
+        config = self.config  # whole demonstrations only (Prefix-RFT cuts its prefixes to the rollout budget)
+        plan_demos = self.objective.needs_demonstrations and config.group.demos_per_prompt > 0
         name = config.model.name_or_path
         examples = self.train_set.examples
         demo_lengths = demonstration_lengths(self.tokenizer, examples, config.group.demos_per_prompt,
@@ -328,6 +344,8 @@ class Trainer:
                 )
                 per_update = self.updates(batch, plan)
             fine_tuning = self.interleaved_fine_tuning(step, step_skipped=bool(per_update[-1]["skipped"]))
+            if self.objective.continues_prefixes and not per_update[-1]["skipped"]:
+                fine_tuning.update(self.objective.observe_prefix_outcomes(self._step_prefix_outcomes))
         metrics.update(mean_over_updates(per_update))
         metrics.update(fine_tuning)
         skipped = bool(metrics.pop("skipped"))
@@ -362,7 +380,11 @@ class Trainer:
         params = SamplingParams(plan.rollouts_per_prompt, rollout.temperature, rollout.top_p, rollout.max_new_tokens)
         # each prompt with its own seed: the same rollouts on any process count
         with self.sampling_weights(self.timer) if params.n > 0 else nullcontext(), self.timer("generate"):
-            completions = self.sampler.generate(prompts, params, seeds=share.seeds) if params.n > 0 else []
+            if self.objective.continues_prefixes:
+                rollouts = self.prefix_continuations(step, share, examples, prompts, params)
+            else:
+                completions = self.sampler.generate(prompts, params, seeds=share.seeds) if params.n > 0 else []
+                rollouts = rollout_sequences(completions)
         # test-only: a reliability test kills or signals the process here
         ckpt.pause_point("sampling", step, until=lambda: self.signals.requested is not None)
         self._abandon_step_if_stopping()
@@ -370,23 +392,36 @@ class Trainer:
             self.tokenizer, examples, plan.demos_per_prompt,
             eos_id=self.sampler.stop_token_id, max_tokens=self.config.data.max_demo_tokens,
         )
-        sequences = rollout_sequences(completions) + demos
+        sequences = rollouts + demos
         with self.timer("reward"):  # demonstrations are scored too: they should earn full reward
             rewards, per_fn = score_sequences(self.reward_fns, examples, sequences)
-        batch = assemble_batch(prompts, sequences, rewards, pad_id=self.tokenizer.pad_token_id)
+        batch = assemble_batch(prompts, sequences, rewards, pad_id=self.tokenizer.pad_token_id,
+                               with_prefixes=self.objective.continues_prefixes)
 
         metrics: dict[str, Any] = {"step": step, "plan": plan.kind, **plan.info}
         decisions = self.objective.prepare_batch(batch, plan)  # advantages, masks, coefficients
         if self.fine_tuning_optimizer is not None:  # an interleaved method decides from every prompt's outcome
             self._step_outcomes = prompt_outcomes(self.processes, share, batch)
+        if self.objective.continues_prefixes:  # an adaptive prefix moves with every prompt's outcome
+            self._step_prefix_outcomes = prefix_outcomes(self.processes, share, batch)
         metrics.update(global_step_metrics(
-            self.processes, decisions, batch, per_fn, share.positions, sum(len(c.token_ids) for c in completions),
+            self.processes, decisions, batch, per_fn, share.positions, sum(len(s.completion_ids) - s.prefix_length for s in rollouts),
             demo_truncated, self.config.reward.correct_threshold,
         ))
         samples = logged_samples(step, sequences, rewards, share.positions)[: cfg.log_samples]
         self._last_samples = [sample for mine in self.processes.gather(samples) for sample in mine][: cfg.log_samples]
         self._abandon_step_if_stopping()
         return plan, batch, metrics
+
+    def prefix_continuations(self, step: int, share, examples, prompts, params: SamplingParams) -> list:
+        """The step's rollouts of a method that continues demonstration prefixes: the method draws each
+        prompt's slots from its demonstrations' token lengths, and every slot is sampled from
+        ``prompt + prefix`` token ids, ``rollouts_per_prefix`` continuations each (rollout/prefixes.py)."""
+        demo_ids = [[self.tokenizer(text, add_special_tokens=False).input_ids for text in example.demonstrations]
+                    for example in examples]
+        slots = self.objective.rollout_prefixes(step, share.indices, [[len(d) for d in demos] for demos in demo_ids])
+        slot_params = SamplingParams(self.objective.rollouts_per_prefix, params.temperature, params.top_p, params.max_new_tokens)
+        return sample_prefix_continuations(self.sampler, self.tokenizer, prompts, demo_ids, slots, slot_params, share.seeds)
 
     def interleaved_fine_tuning(self, step: int, *, step_skipped: bool) -> dict[str, float]:
         """After the step's own updates, an interleaved method (ReLIFT) sees every prompt's outcome and may
