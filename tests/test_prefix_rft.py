@@ -119,3 +119,152 @@ def test_the_pins_are_what_the_reference_computes_now():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert json.loads(json.dumps(module.pins(MIRROR))) == PINS
+
+
+# ------------------------------------------------------------------ continuing a prefix, on every sampler
+
+
+def _continuations(sampler, tokenizer, temperature: float = 1.0):
+    """Two prompts, each with an unprefixed slot and two prefixed ones (of 3 and 5 demonstration tokens)."""
+    from hybridrft.rollout import SamplingParams
+    from hybridrft.rollout.prefixes import RolloutPrefix, sample_prefix_continuations
+
+    prompts = [tokenizer("Sam has 12 apples. He buys").input_ids, tokenizer("A box holds 6 pens.").input_ids]
+    demos = [[tokenizer(" 3 more, so 12 + 3 = 15. The answer is 15", add_special_tokens=False).input_ids],
+             [tokenizer(" Two boxes hold 2 * 6 = 12", add_special_tokens=False).input_ids]]
+    slots = [[RolloutPrefix(0, 0), RolloutPrefix(0, 3), RolloutPrefix(0, 5)]] * 2
+    params = SamplingParams(2, temperature, 1.0, 10)
+    return prompts, demos, sample_prefix_continuations(sampler, tokenizer, prompts, demos, slots, params, [11, 12])
+
+
+def _teacher_forced(model, prompts, sequences, temperature: float = 1.0):
+    """The trainer's log-prob of every completion token of ``sequences``, and the batch they make."""
+    from hybridrft.ops import token_logprobs_and_entropy
+    from hybridrft.rollout import assemble_batch
+
+    batch = assemble_batch(prompts, sequences, [0.0] * len(sequences), pad_id=0, with_prefixes=True)
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(model, batch.input_ids, batch.attention_mask, temperature=temperature)
+    return logp, batch
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_a_continuation_extends_exactly_the_prefix_tokens_and_scores_as_a_teacher_forced_forward(backend, tiny_tokenizer):
+    from conftest import build_tiny_llama
+    from hybridrft.rollout import HFSampler, NativeSampler
+
+    model = build_tiny_llama(tiny_tokenizer, seed=3).eval()
+    sampler = (NativeSampler if backend == "native" else HFSampler)(model, tiny_tokenizer, batch_size=8)
+    prompts, demos, sequences = _continuations(sampler, tiny_tokenizer)
+    assert len(sequences) == 2 * 3 * 2
+    for s in sequences:  # the prefix is the demonstration's own tokens, the completion starts with it
+        assert s.completion_ids[: s.prefix_length] == demos[s.group][0][: s.prefix_length]
+        assert s.prefix_length in (0, 3, 5) and (s.prefix_id == -1) == (s.prefix_length == 0)
+        assert s.text == tiny_tokenizer.decode(s.completion_ids, skip_special_tokens=True)
+        assert len(s.completion_ids) <= 10
+    logp, batch = _teacher_forced(model, prompts, sequences)
+    assert batch.prefix_mask.sum() == sum(s.prefix_length for s in sequences)
+    sampled = batch.loss_mask & ~batch.prefix_mask
+    if backend == "native":  # it records the sampling distribution's log-probs: equal to the training forward's
+        torch.testing.assert_close(batch.sampler_logp[sampled], logp[sampled], atol=1e-4, rtol=0)
+        assert torch.all(batch.sampler_logp[batch.prefix_mask] == 0)
+    greedy = _continuations(sampler, tiny_tokenizer, temperature=0.0)[2]
+    logp_greedy, batch_greedy = _teacher_forced(model, prompts, greedy, temperature=1.0)
+    # greedy continuations: every sampled token is the argmax of the teacher-forced forward from prompt + prefix
+    with torch.no_grad():
+        logits = model(input_ids=batch_greedy.input_ids, attention_mask=batch_greedy.attention_mask).logits
+    chosen = logits[:, :-1].argmax(-1)
+    targets = batch_greedy.input_ids[:, 1:]
+    mask = (batch_greedy.loss_mask & ~batch_greedy.prefix_mask)[:, 1:]
+    assert torch.equal(chosen[mask], targets[mask])
+
+
+# ------------------------------------------------------------------ the method in the trainer
+
+
+def _prefix_config(model_dir, out, *overrides):
+    from conftest import tiny_config
+
+    return tiny_config(model_dir, out, "method=prefix_rft", "prefix_rft.num_prefix=3", "prefix_rft.num_empty_prefix=1",
+                       "prefix_rft.min_prefix_len=2", "rollout.max_new_tokens=8", "train.max_steps=3", *overrides)
+
+
+def test_a_step_continues_the_planned_prefixes_and_logs_them(tiny_model_dir, tmp_path):
+    from hybridrft.train import Trainer, read_metrics
+
+    trainer = Trainer(_prefix_config(tiny_model_dir, tmp_path / "run", "train.log_samples=100"))
+    plan, batch, metrics = trainer.collect(1)
+    assert len(batch) == 2 * 3 and batch.prefix_id.tolist().count(-1) == 2  # 2 prompts x (1 plain + 2 prefixed)
+    for row in range(len(batch)):
+        prefix = batch.prefix_mask[row]
+        if batch.prefix_id[row] >= 0:
+            assert prefix.any() and torch.all(batch.loss_mask[row][prefix])
+        else:
+            assert not prefix.any()
+    assert metrics["prefix/rollouts_prefixed"] == pytest.approx(4 / 6)
+    assert 0 < metrics["prefix/fraction_mean"] <= 1 and metrics["prefix/high"] == pytest.approx(0.95)
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["prefix/high"] for r in rows] == pytest.approx(
+        [controlled_value("cosine_decay", s, init=0.95, target=0.05, n_steps=3) for s in (0, 1, 2)])  # step - 1
+    assert all("prefix/entropy_zeroed_share" in r and "prefix/reward_prefixed" in r for r in rows)
+    # the entropy rule keeps the top 20% of each micro-batch's prefix tokens: 80% (rounded down) zeroed
+    assert all(0 < r["prefix/entropy_zeroed_share"] <= 0.8 for r in rows)
+
+
+def test_a_resumed_run_continues_bit_for_bit_with_the_adaptive_controller(tiny_model_dir, tmp_path):
+    from hybridrft.train import Trainer, read_metrics
+    from hybridrft.train.checkpoint import latest_checkpoint
+
+    overrides = ("prefix_rft.controller=adaptive", "prefix_rft.reshapers=[luffy,position]", "train.save_every=1")
+    straight = Trainer(_prefix_config(tiny_model_dir, tmp_path / "straight", *overrides))
+    straight.train()
+    assert straight.objective.adaptive_fraction  # every prompt seen has its fraction
+    first = Trainer(_prefix_config(tiny_model_dir, tmp_path / "resumed", *overrides))
+    first.train(stop_at=2)
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step-000002"
+    second = Trainer(_prefix_config(tiny_model_dir, tmp_path / "resumed", *overrides, "train.resume=true"))
+    assert second.objective.adaptive_fraction == first.objective.adaptive_fraction
+    second.train()
+    for (name, a), b in zip(straight.policy.state_dict().items(), second.policy.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
+    assert second.objective.adaptive_fraction == straight.objective.adaptive_fraction
+    drop = ("time/", "throughput/")
+    rows = [[{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(out / "metrics.jsonl", kind=None)]
+            for out in (tmp_path / "straight", tmp_path / "resumed")]
+    assert rows[1] == rows[0]
+
+
+def test_the_adaptive_controller_holds_success_near_the_target_and_withdraws_a_solved_problem():
+    from hybridrft.config import load_config
+    from hybridrft.objectives import build_objective
+
+    objective = build_objective(load_config(overrides=["method=prefix_rft", "prefix_rft.controller=adaptive"]))
+    objective.observe_prefix_outcomes([(0, (0.0,), (0.0,)), (1, (0.0,), (1.0,)), (2, (1.0, 1.0), (1.0,))])
+    assert objective.adaptive_fraction == {0: pytest.approx(0.6), 1: pytest.approx(0.4), 2: 0.0}
+    slots = objective.rollout_prefixes(1, [0, 2], [[40], [40]])
+    assert [s.length for s in slots[0]][-1] == 24 and [s.length for s in slots[1]][-1] == 0  # 0.6 x 40; withdrawn
+
+
+def test_two_processes_compute_the_one_process_run_with_prefixed_rollouts(tiny_model_dir, tmp_path, monkeypatch):
+    """tests/test_scale.py's recipe as Prefix-RFT: each of the 4 prompts has 1 plain and 2 prefixed slots,
+    2 continuations each. The reshapers are the ones whose result does not depend on how rows fall into
+    micro-batches (the entropy rule ranks a micro-batch's prefix tokens, as the reference's does)."""
+    import yaml
+    from test_scale import _assert_same_run, _launch, _one_process, _recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    paths = {}
+    for name in ("one", "two"):
+        path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "prefix_rft")
+        recipe = yaml.safe_load(path.read_text())
+        recipe["prefix_rft"] = {"num_prefix": 3, "num_empty_prefix": 1, "rollouts_per_prefix": 2, "min_prefix_len": 2,
+                                "reshapers": ["luffy", "position"]}
+        path.write_text(yaml.safe_dump(recipe))
+        paths[name] = path
+    _one_process(paths["one"])
+    _launch(paths["two"], 2)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    from hybridrft.train import read_metrics
+
+    assert all(r["prefix/rollouts_prefixed"] > 0 for r in read_metrics(tmp_path / "two" / "metrics.jsonl"))

@@ -181,9 +181,34 @@ def test_lora_runs_push_the_merged_weights(vllm_model_dir, tmp_path):
     assert max(float((merged[k] - base[k]).abs().max()) for k in base) > 1e-3
 
 
-@pytest.mark.parametrize("method", ["grpo", "srft"])
+def test_a_continuation_of_a_prefix_scores_as_a_teacher_forced_forward(sampler, policy, tiny_tokenizer):
+    """Prefix-RFT's rollouts on the engine: ``prompt + prefix`` token ids in, the prefix kept as the
+    demonstration's own tokens, the continuation's recorded log-probs those of the training forward."""
+    from hybridrft.rollout.prefixes import RolloutPrefix, sample_prefix_continuations
+
+    prompts = _prompts(tiny_tokenizer)[:2]
+    demos = [[tiny_tokenizer(" 3 more, so 12 + 3 = 15", add_special_tokens=False).input_ids]] * 2
+    slots = [[RolloutPrefix(0, 0), RolloutPrefix(0, 4)]] * 2
+    sequences = sample_prefix_continuations(sampler, tiny_tokenizer, prompts, demos, slots,
+                                            SamplingParams(2, 1.0, 1.0, 12), [5, 6])
+    assert [s.prefix_length for s in sequences] == [0, 0, 4, 4] * 2
+    assert all(s.completion_ids[: s.prefix_length] == demos[0][0][: s.prefix_length] for s in sequences)
+    batch = build_rollout_batch(
+        [prompts[s.group] for s in sequences], [s.completion_ids for s in sequences], is_demo=[False] * len(sequences),
+        group=[s.group for s in sequences], reward=[0.0] * len(sequences), truncated=[False] * len(sequences), pad_id=0,
+        sampler_logprobs=[s.sampler_logprobs for s in sequences],
+        prefixes=[(s.prefix_id, s.prefix_length, s.demo_length) for s in sequences])
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(policy, batch.input_ids, batch.attention_mask, temperature=1.0)
+    sampled = batch.loss_mask & ~batch.prefix_mask
+    torch.testing.assert_close(batch.sampler_logp[sampled], logp[sampled], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["grpo", "srft", "prefix_rft"])
 def test_a_vllm_run_resumes_exactly(method, vllm_model_dir, tmp_path):
     overrides = [*ENGINE, f"method={method}", "train.max_steps=3", "train.save_every=1", "train.log_samples=100"]
+    if method == "prefix_rft":  # 1 plain and 1 prefixed slot per prompt
+        overrides += ["prefix_rft.num_prefix=2", "prefix_rft.num_empty_prefix=1", "prefix_rft.min_prefix_len=2"]
     Trainer(tiny_config(vllm_model_dir, tmp_path / "straight", *overrides)).train()
     Trainer(tiny_config(vllm_model_dir, tmp_path / "resumed", *overrides)).train(stop_at=2)
     Trainer(tiny_config(vllm_model_dir, tmp_path / "resumed", *overrides, "train.resume=true")).train()

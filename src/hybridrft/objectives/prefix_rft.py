@@ -141,15 +141,14 @@ class PrefixRFTObjective(Objective):
     # ------------------------------------------------------------------ which prefixes the rollouts continue
 
     def bounds(self, step: int) -> tuple[float, float]:
-        """The low and high controllers' values at ``step`` (the reference's ``global_step`` counts from 1
-        at the first update, as ``step`` does)."""
+        """The low and high controllers' values for ``step``: at ``step - 1``, as the reference's dataset
+        draws a step's prefixes with the count of steps finished before it (``dataset.global_step`` is 0
+        for the first batch, ``ray_trainer.py`` l.1032 and l.1308), so the first step draws from ``init``."""
         cfg = self.cfg
         steps = cfg.schedule_steps or self.config.train.max_steps
-        low = controlled_value(cfg.low, step, init=cfg.low_init, target=cfg.low_target, n_steps=steps,
-                               warmup_ratio=cfg.warmup_ratio) if cfg.low != "const" else cfg.low_init
-        high = controlled_value(cfg.high, step, init=cfg.high_init, target=cfg.high_target, n_steps=steps,
-                                warmup_ratio=cfg.warmup_ratio) if cfg.high != "const" else cfg.high_init
-        return low, high
+        value = lambda kind, init, target: controlled_value(  # noqa: E731
+            kind, step - 1, init=init, target=target, n_steps=steps, warmup_ratio=cfg.warmup_ratio)
+        return value(cfg.low, cfg.low_init, cfg.low_target), value(cfg.high, cfg.high_init, cfg.high_target)
 
     def rollout_prefixes(self, step: int, indices: list[int], demo_lengths: list[list[int]]) -> list[list[RolloutPrefix]]:
         """Each example's slots: ``num_empty_prefix`` unprefixed, then one drawn prefix per other slot."""

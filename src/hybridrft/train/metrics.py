@@ -83,9 +83,14 @@ def combine_contributions(per_process: list[dict[str, float]]) -> dict[str, floa
 
 
 def combine_means(per_process: list[dict[str, float]]) -> dict[str, float]:
-    """Per-prompt means (a method's decision metrics) over equal prompt shares: their mean."""
+    """Per-prompt means (a method's decision metrics) over equal prompt shares: their mean; a metric
+    named ``*_min`` or ``*_max`` is an extreme, combined by taking the extreme."""
     names = {name for metrics in per_process for name in metrics}
-    return {name: sum(m[name] for m in per_process if name in m) / sum(name in m for m in per_process) for name in names}
+    combined = {}
+    for name in names:
+        values = [m[name] for m in per_process if name in m]
+        combined[name] = min(values) if name.endswith("_min") else max(values) if name.endswith("_max") else sum(values) / len(values)
+    return combined
 
 
 def sequence_columns(batch: RolloutBatch, per_fn: dict[str, list[float]], positions: list[int]) -> dict[str, list]:
