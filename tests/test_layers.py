@@ -62,6 +62,7 @@ PAPERS = {
     "chord": "2508.11408",  # CHORD (Zhang et al. 2025)
     "hpt": "2509.04419",  # HPT (Lv et al. 2025)
     "relift": "2506.07527",  # ReLIFT (Ma et al. 2025)
+    "prefix_rft": "2507.01679",  # Prefix-RFT (Huang et al. 2025)
 }
 # the baselines that come from no paper of their own, by what the first line of their docstring says they are
 BASELINES = {

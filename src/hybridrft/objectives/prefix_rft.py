@@ -1,5 +1,5 @@
-"""Prefix-RFT: RL on rollouts that continue a prefix of a demonstration (Huang et al. 2025, arXiv
-2507.01679, "Blending Supervised and Reinforcement Fine-Tuning with Prefix Sampling").
+"""Prefix-RFT: RL on rollouts that continue a prefix of a demonstration (Huang et al. 2025,
+arXiv 2507.01679, "Blending Supervised and Reinforcement Fine-Tuning with Prefix Sampling").
 Reference: ZeroYuHuang/prefix_rft @ 5f5d2a1, ``recipe/prefix_rft/``: ``rl_dataset.py`` (``__getitem__``,
 ``_get_prefix``: the prefix slots), ``scheduler/global_step.py`` (the controllers), ``core_algos.py``
 (the prefix advantages, ``compute_policy_loss``), ``dp_actor.py`` (``reshape_func``).
@@ -7,7 +7,7 @@ Reference: ZeroYuHuang/prefix_rft @ 5f5d2a1, ``recipe/prefix_rft/``: ``rl_datase
 Each prompt gets ``num_prefix`` rollout slots, ``rollouts_per_prefix`` continuations each. The first
 ``num_empty_prefix`` slots are ordinary rollouts. Each other slot draws one of the prompt's
 demonstrations and a prefix fraction ``u`` (a Beta(alpha, beta) draw between a low and a high
-controller, Eq. of the paper's prefix sampler; the paper decays the high bound by a cosine), and the
+controller; the paper decays the prefix fraction by a cosine from 95% to 5%), and the
 policy continues the demonstration's first ``L = max(int(u |y*|), min_prefix_len)`` tokens (at most
 ``|y*| - 1``). A hybrid rollout is trained as one completion, prefix tokens included:
 
