@@ -70,3 +70,65 @@ def test_the_pins_are_what_the_references_compute_now():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert json.loads(json.dumps(module.pins(TRL, TINKER))) == PINS
+
+
+# ------------------------------------------------------------------ the teacher in the trainer
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_tokenizer):
+    """Another tiny model with the student's tokenizer: a teacher that disagrees with the student."""
+    from conftest import build_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-teacher")
+    build_tiny_llama(tiny_tokenizer, seed=7).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _teacher_logprobs(teacher_dir, batch, temperature):
+    from hybridrft.models import load_policy
+    from hybridrft.ops import token_logprobs_and_entropy
+
+    teacher = load_policy(str(teacher_dir)).eval()
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(teacher, batch.input_ids, batch.attention_mask, temperature=temperature)
+    return logp
+
+
+@pytest.mark.parametrize("method", ["distill", "grpo"])
+def test_the_teacher_scores_the_sampled_tokens_and_the_kl_is_logged(method, tiny_model_dir, teacher_dir, tmp_path):
+    from conftest import tiny_config
+    from hybridrft.train import Trainer, read_metrics
+
+    overrides = [f"method={method}", f"teacher.name_or_path={teacher_dir}", "train.max_steps=2"]
+    if method == "grpo":
+        overrides.append("distill.coef=0.5")
+    trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", *overrides))
+    assert trainer.teacher is not None and not any(p.requires_grad for p in trainer.teacher.parameters())
+    plan, batch, _ = trainer.collect(1)
+    trainer.objective.prepare_batch(batch, plan)
+    with torch.no_grad():
+        batch.teacher_logp = trainer._logprobs(batch, trainer.teacher)
+    expected = _teacher_logprobs(teacher_dir, batch, trainer.config.rollout.temperature)
+    torch.testing.assert_close(batch.teacher_logp[batch.loss_mask], expected[batch.loss_mask], atol=1e-5, rtol=0)
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for row in rows:
+        assert row["distill/kl"] > 0 and "time/teacher" in row and "loss/distill" in row
+        # the logged KL is the mean of log p_sampler - log p_teacher over the sampled tokens
+        assert "distill/kl_correct" in row or "distill/kl_incorrect" in row
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_before_it_loads(tiny_model_dir, tmp_path):
+    from conftest import build_tiny_llama, build_tiny_tokenizer, tiny_config
+    from hybridrft.train import Trainer
+
+    other = build_tiny_tokenizer(vocab_size=320)
+    path = tmp_path / "other-teacher"
+    build_tiny_llama(other).save_pretrained(path)
+    other.save_pretrained(path)
+    with pytest.raises(ValueError, match="tokenizer of the teacher .* differs from that of the student"):
+        Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=distill", f"teacher.name_or_path={path}"))
+    with pytest.raises(ValueError, match="set teacher.name_or_path"):
+        Trainer(tiny_config(tiny_model_dir, tmp_path / "run2", "method=grpo", "distill.coef=1.0"))

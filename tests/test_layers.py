@@ -63,6 +63,7 @@ PAPERS = {
     "hpt": "2509.04419",  # HPT (Lv et al. 2025)
     "relift": "2506.07527",  # ReLIFT (Ma et al. 2025)
     "prefix_rft": "2507.01679",  # Prefix-RFT (Huang et al. 2025)
+    "distill": "2306.13649",  # GKD (Agarwal et al. 2023)
 }
 # the baselines that come from no paper of their own, by what the first line of their docstring says they are
 BASELINES = {

@@ -34,6 +34,8 @@ def _expected_method(path: Path) -> str:
         return path.stem.removesuffix("_code")
     if path.stem == "quickstart":
         return "srft"
+    if path.stem == "distill":  # distillation on the quickstart's task, from the quickstart's model
+        return "distill"
     assert path.stem.endswith("_gsm8k"), f"{path.name}: recipes/ holds <method>_gsm8k.yaml files and quickstart.yaml"
     return path.stem[: -len("_gsm8k")]
 
@@ -68,6 +70,8 @@ def _cpu_overrides(method: str, recipe: dict, model_dir: Path, output_dir: Path)
         overrides.append("sasr.warmup_steps=1")
     if method == "two_stage":
         overrides.append("two_stage.sft_steps=1")
+    if recipe.get("teacher"):  # a teacher with the tiny model's tokenizer: the tiny model itself
+        overrides.append(f"teacher.name_or_path={model_dir}")
     return overrides
 
 

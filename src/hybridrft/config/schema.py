@@ -268,6 +268,31 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """A frozen teacher model for distillation (``distill`` section); loaded only when a run uses it."""
+
+    name_or_path: Optional[str] = None  # hub id, local folder, checkpoint, or "smollm2-135m-instruct"; None: no teacher
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16; None: model.dtype
+
+    def __post_init__(self):
+        if self.dtype is not None:
+            _check_choice("teacher", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class DistillConfig:
+    """On-policy distillation from ``teacher``: each sampled token's advantage is the negative reverse
+    KL ``-(log p_student - log p_teacher)`` of that token (the tinker cookbook's on-policy
+    distillation), trained through the importance-sampled policy-gradient term with the sampler's
+    log-probs as the behaviour policy. The ``distill`` method is this term alone; ``coef > 0`` adds it
+    to any other method's RL steps (GRPO, SRFT, LUFFY, Prefix-RFT, ...)."""
+
+    coef: float = ranged(0.0, ">= 0")  # weight of the term in another method's loss (0: none; the distill method: 1)
+    kl_coef: float = ranged(1.0, "> 0")  # scale of the KL advantage (tinker kl_penalty_coef, default 1.0)
+    discount: float = ranged(0.0, "[0, 1]")  # each token's advantage sums the later ones' by this factor (tinker kl_discount_factor, 0)
+
+
+@dataclass
 class Config:
     method: str = "srft"  # a registered objective (hybridrft.objectives.OBJECTIVES)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -279,6 +304,8 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def max_completion_length(self) -> int:

@@ -1,6 +1,6 @@
 """Training methods, one per file, registered by name (``method:`` in a recipe)."""
 
-from hybridrft.objectives import chord, grpo, hpt, luffy, prefix_rft, relift, sasr, sft, srft, static_mix, two_stage  # noqa: F401  (registers them)
+from hybridrft.objectives import chord, distill, grpo, hpt, luffy, prefix_rft, relift, sasr, sft, srft, static_mix, two_stage  # noqa: F401  (registers them)
 from hybridrft.objectives.base import (
     MIXED,
     OBJECTIVES,

@@ -35,6 +35,7 @@ import torch
 
 from hybridrft.config import Config, register_method_section
 from hybridrft.ops import MaskTotals, aggregate, k3_kl, rollout_importance_weights, sampler_mismatch, zero_outside
+from hybridrft.ops.distill import reverse_kl_policy_terms
 from hybridrft.rollout import RolloutBatch
 
 SFT, RL, MIXED = "sft", "rl", "mixed"
@@ -46,6 +47,7 @@ DEMO = "demo"  # completion tokens of demonstrations
 TRAINED = "trained"  # the tokens the method's loss covers (default: every completion token)
 REGULARISED = "regularised"  # the tokens the entropy bonus covers (``grpo.entropy_tokens``)
 SAMPLED = "sampled"  # rollout tokens the sampler drew: every rollout token but a continued prefix's (Prefix-RFT)
+SAMPLED_CORRECT, SAMPLED_INCORRECT = "sampled_correct", "sampled_incorrect"  # of correct / incorrect rollouts
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def finite_outside_completions(batch: RolloutBatch, out: PolicyOutputs) -> tuple
     loss or its gradient nan. The batch is copied, not changed."""
     mask = batch.loss_mask
     cleaned = copy.copy(batch)
-    for name in ("old_logp", "ref_logp", "sampler_logp"):
+    for name in ("old_logp", "ref_logp", "teacher_logp", "sampler_logp"):
         value = getattr(batch, name)
         if value is not None:
             setattr(cleaned, name, zero_outside(value, mask))
@@ -127,6 +129,7 @@ class Objective(ABC):
     # True: the step's rollouts continue demonstration prefixes the method draws (``rollout_prefixes``),
     # ``rollouts_per_prefix`` continuations per slot (Prefix-RFT)
     continues_prefixes: ClassVar[bool] = False
+    distills: ClassVar[bool] = False  # True: the method's loss is the distillation term (the distill method)
 
     def __init__(self, config: Config):
         self.config = config
@@ -166,6 +169,11 @@ class Objective(ABC):
         return self.trains_on_demonstrations and self.config.group.demos_per_prompt > 0
 
     @property
+    def needs_teacher(self) -> bool:
+        """The teacher's log-probs are needed: the distill method, or ``distill.coef > 0`` on an RL method."""
+        return self.distills or (self.has_rl_term and self.config.distill.coef > 0)
+
+    @property
     def needs_reference(self) -> bool:
         """A frozen copy of the initial policy is loaded for the KL penalty or the KL diagnostic."""
         return (self.has_rl_term and self.config.grpo.beta > 0) or self.config.train.log_reference_kl
@@ -186,6 +194,10 @@ class Objective(ABC):
         """``prepare`` plus the masks every batch carries (for the shared terms and diagnostics)."""
         batch.masks = {COMPLETIONS: batch.loss_mask, ROLLOUT: rollout_mask(batch), DEMO: demo_mask(batch)}
         batch.masks[SAMPLED] = batch.masks[ROLLOUT] if batch.prefix_mask is None else batch.masks[ROLLOUT] & ~batch.prefix_mask
+        if self.needs_teacher:  # the KL to the teacher on correct and on incorrect rollouts (metrics)
+            correct = batch.reward >= self.config.reward.correct_threshold
+            batch.masks[SAMPLED_CORRECT] = batch.masks[SAMPLED] & correct.unsqueeze(-1)
+            batch.masks[SAMPLED_INCORRECT] = batch.masks[SAMPLED] & ~correct.unsqueeze(-1)
         batch.coefficients = {}
         metrics = self.prepare(batch, plan)
         batch.masks.setdefault(TRAINED, batch.loss_mask)
@@ -201,7 +213,8 @@ class Objective(ABC):
         For a step with an RL term (the whole run for most methods, the RL steps of two-stage and
         SASR): ``- entropy_coef * token_mean(H)`` over ``REGULARISED`` tokens, and ``beta * agg(k3)``
         over the tokens the method trains on (``loss.aggregation``, as verl's and TRL's KL terms). Neither is scaled by a method's own weights (CHORD's
-        ``1 - mu`` included), as in the reference actors, which add both after the policy loss.
+        ``1 - mu`` included), as in the reference actors, which add both after the policy loss. With
+        ``distill.coef > 0``, ``coef`` times the distillation term (``distillation_term``) too.
         """
         batch, out = finite_outside_completions(batch, out)
         loss, metrics = self.loss(batch, out, totals, plan)
@@ -220,7 +233,31 @@ class Objective(ABC):
                 kl = self.agg(k3_kl(out.logp, batch.ref_logp), batch.masks[TRAINED], totals[TRAINED])
                 loss = loss + grpo.beta * kl
                 metrics["loss/kl"] = kl.detach()
+            if self.config.distill.coef > 0 and not self.distills:
+                term, distill_metrics = self.distillation_term(batch, out, totals)
+                loss = loss + self.config.distill.coef * term
+                metrics.update(distill_metrics)
         metrics.update(self.diagnostics(batch, out, totals))
+        return loss, metrics
+
+    def distillation_term(self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """On-policy distillation over the sampled tokens (``distill`` section; ops/distill.py): the
+        importance-sampled policy-gradient term of the advantages ``-kl_coef (log p_sampler - log
+        p_teacher)``, the sampler's log-probs the behaviour policy (the current ones, detached, where the
+        sampler records none), aggregated as the method's policy terms. Also the per-token KL estimate to
+        the teacher, over all sampled tokens and over those of correct and of incorrect rollouts."""
+        if batch.teacher_logp is None:
+            raise ValueError("distillation needs the teacher's log-probs: set teacher.name_or_path")
+        cfg, mask = self.config.distill, batch.masks[SAMPLED]
+        behaviour = batch.sampler_logp if batch.sampler_logp is not None else behaviour_logp(batch, out)
+        per_token, _ = reverse_kl_policy_terms(out.logp, behaviour, batch.teacher_logp, mask, coef=cfg.kl_coef,
+                                               discount=cfg.discount, log_ratio_bound=self.config.grpo.log_ratio_bound)
+        loss = self.policy_agg(per_token, mask, totals[SAMPLED])
+        kl = behaviour.detach() - batch.teacher_logp
+        metrics = {"loss/distill": loss.detach(), "distill/kl": masked_token_mean(kl, mask, totals[SAMPLED])}
+        for label, name in (("distill/kl_correct", SAMPLED_CORRECT), ("distill/kl_incorrect", SAMPLED_INCORRECT)):
+            if totals[name].num_tokens:
+                metrics[label] = masked_token_mean(kl, batch.masks[name], totals[name])
         return loss, metrics
 
     def diagnostics(self, batch: RolloutBatch, out: PolicyOutputs, totals: BatchTotals) -> dict[str, torch.Tensor]:

@@ -62,3 +62,18 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         per_entry = (beta * F.kl_div(mixture, teacher, reduction="none", log_target=True)
                      + (1 - beta) * F.kl_div(mixture, student, reduction="none", log_target=True))
     return per_entry.sum(-1)
+
+
+def reverse_kl_policy_terms(
+    logp: torch.Tensor, behaviour_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor, *,
+    coef: float = 1.0, discount: float = 0.0, log_ratio_bound: float | None = 20.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss [B, T], advantages [B, T])``: the importance-sampled policy-gradient term
+    ``-exp(logp - logp_behaviour) A_t`` with ``A_t = reverse_kl_advantages(logp_behaviour, teacher)``,
+    the tinker cookbook's ``importance_sampling`` loss on its distillation advantages: the behaviour
+    policy is the one that sampled (the sampler's log-probs), whose tokens the teacher scored."""
+    advantages = reverse_kl_advantages(behaviour_logp, teacher_logp, mask, coef=coef, discount=discount)
+    log_ratio = logp - behaviour_logp.detach()
+    if log_ratio_bound is not None:
+        log_ratio = torch.clamp(log_ratio, min=-log_ratio_bound, max=log_ratio_bound)
+    return -torch.exp(log_ratio) * advantages, advantages

@@ -25,6 +25,7 @@ class RolloutBatch:
     advantage: torch.Tensor | None = None  # [N] float, set by the objective
     old_logp: torch.Tensor | None = None  # [N, T], when a batch is used for several updates
     ref_logp: torch.Tensor | None = None  # [N, T], reference policy (KL penalty, KL diagnostic)
+    teacher_logp: torch.Tensor | None = None  # [N, T], the distillation teacher's log-prob of each token
     # [N, T], the sampler's log-prob of each rollout token (0 elsewhere), when the sampler records them:
     # the training-inference mismatch is measured and optionally corrected against it
     sampler_logp: torch.Tensor | None = None
@@ -82,7 +83,7 @@ class RolloutBatch:
         return replace(self, **moved)
 
 
-PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp", "sampler_logp", "prefix_mask",
+PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "loss_mask", "old_logp", "ref_logp", "teacher_logp", "sampler_logp", "prefix_mask",
                     "prefix_position")
 
 

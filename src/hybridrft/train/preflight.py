@@ -117,10 +117,11 @@ def describe_model(name_or_path: str | None, model=None) -> str:
 
 
 def check_same_tokenizer(old, new, old_name: str, new_name: str) -> None:
-    """Refuse a tokenizer whose vocabulary or special tokens differ from the one a run trained with."""
+    """Refuse a tokenizer whose vocabulary or special tokens differ from another's: the one a run
+    trained with (a moved model), or the student's (a distillation teacher)."""
     if old.get_vocab() != new.get_vocab():
         raise ValueError(f"the tokenizer of {new_name} differs from that of {old_name} (vocabulary of {len(new)} vs "
-                         f"{len(old)} tokens, or different ids): the weights would read other tokens than they learned")
+                         f"{len(old)} tokens, or different ids): the two would read different tokens under the same ids")
     special = lambda t: {k: str(v) for k, v in t.special_tokens_map.items()}  # noqa: E731
     if special(old) != special(new):
         raise ValueError(f"the special tokens of {new_name} ({special(new)}) differ from those of {old_name} "

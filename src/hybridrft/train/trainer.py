@@ -204,6 +204,9 @@ class Trainer:
         if self.objective.needs_reference:
             with self.engine.plain_model_loading():  # whole, not partitioned by ZeRO-3
                 self.reference = load_policy(config.model.name_or_path, dtype=config.model.dtype).eval().requires_grad_(False)
+        self.teacher = None
+        if self.objective.needs_teacher:
+            self.teacher = self._load_teacher()
         self.reward_fns = reward_fns or [
             (name, get_reward(name), weight) for name, weight in zip(config.reward.functions, config.reward.weights)
         ]
@@ -215,6 +218,8 @@ class Trainer:
         self.fine_tuning_optimizer = self._fine_tuning_optimizer()  # an interleaved method's (ReLIFT), else None
         if self.reference is not None:
             self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
+        if self.teacher is not None:
+            self.teacher = PolicyScorer.for_run(self.config, self.teacher).to(self.accelerator.device)
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
         self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
@@ -241,6 +246,18 @@ class Trainer:
             logger.info("resumed from %s at step %d", resume_from, self.step)
         self.metrics = MetricsLogger(self.output_dir, truncate_after=self.step, accelerator=self.accelerator,
                                      write=self.processes.is_main)
+
+    def _load_teacher(self):
+        """The frozen teacher (``teacher`` section), loaded as the reference model is, after its tokenizer
+        is compared with the student's: distillation compares log-probs of the same token ids."""
+        teacher = self.config.teacher
+        if not teacher.name_or_path:
+            raise ValueError(f"method {self.config.method} with distill.coef={self.config.distill.coef} distils from a "
+                             "teacher: set teacher.name_or_path")
+        check_same_tokenizer(self.tokenizer, load_tokenizer(teacher.name_or_path), "the student", f"the teacher {teacher.name_or_path}")
+        with self.engine.plain_model_loading():  # whole, not partitioned by ZeRO-3, as the reference model
+            model = load_policy(teacher.name_or_path, dtype=teacher.dtype or self.config.model.dtype)
+        return model.eval().requires_grad_(False)
 
     def _claim_run_folder(self) -> RunFolderLock | None:
         """Rank 0 locks the run folder and checks it suits the run (empty for a fresh run; with
@@ -336,6 +353,9 @@ class Trainer:
                         batch.old_logp = self._logprobs(batch, self.model)
                     if self.reference is not None:
                         batch.ref_logp = self._logprobs(batch, self.reference)
+                if self.teacher is not None:
+                    with self.timer("teacher"):  # the teacher's forward, its own column of the step's time
+                        batch.teacher_logp = self._logprobs(batch, self.teacher)
                 self._abandon_step_if_stopping()
             with self.timer("train"):  # from here on the step is finished, whatever arrives
                 set_phase_learning_rate(
