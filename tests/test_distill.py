@@ -132,3 +132,39 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_it_loads(tiny_model_
         Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=distill", f"teacher.name_or_path={path}"))
     with pytest.raises(ValueError, match="set teacher.name_or_path"):
         Trainer(tiny_config(tiny_model_dir, tmp_path / "run2", "method=grpo", "distill.coef=1.0"))
+
+
+def test_a_distillation_run_resumes_bit_for_bit(tiny_model_dir, teacher_dir, tmp_path):
+    from conftest import tiny_config
+    from hybridrft.train import Trainer, read_metrics
+
+    overrides = ["method=srft", "distill.coef=0.5", f"teacher.name_or_path={teacher_dir}", "train.max_steps=3",
+                 "train.save_every=1"]
+    straight = Trainer(tiny_config(tiny_model_dir, tmp_path / "straight", *overrides))
+    straight.train()
+    Trainer(tiny_config(tiny_model_dir, tmp_path / "resumed", *overrides)).train(stop_at=2)
+    resumed = Trainer(tiny_config(tiny_model_dir, tmp_path / "resumed", *overrides, "train.resume=true"))
+    resumed.train()
+    for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
+    drop = ("time/", "throughput/")
+    rows = [[{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_metrics(out / "metrics.jsonl", kind=None)]
+            for out in (tmp_path / "straight", tmp_path / "resumed")]
+    assert rows[1] == rows[0] and all("distill/kl" in r for r in rows[0] if r.get("kind") == "train")
+
+
+def test_two_processes_compute_the_one_process_run_with_a_teacher(tiny_model_dir, teacher_dir, tmp_path, monkeypatch):
+    import yaml
+    from test_scale import _assert_same_run, _launch, _one_process, _recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    paths = {}
+    for name in ("one", "two"):
+        path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "distill")
+        recipe = yaml.safe_load(path.read_text())
+        recipe["teacher"] = {"name_or_path": str(teacher_dir)}
+        path.write_text(yaml.safe_dump(recipe))
+        paths[name] = path
+    _one_process(paths["one"])
+    _launch(paths["two"], 2)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")

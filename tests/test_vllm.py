@@ -204,11 +204,13 @@ def test_a_continuation_of_a_prefix_scores_as_a_teacher_forced_forward(sampler, 
     torch.testing.assert_close(batch.sampler_logp[sampled], logp[sampled], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["grpo", "srft", "prefix_rft"])
+@pytest.mark.parametrize("method", ["grpo", "srft", "prefix_rft", "distill"])
 def test_a_vllm_run_resumes_exactly(method, vllm_model_dir, tmp_path):
     overrides = [*ENGINE, f"method={method}", "train.max_steps=3", "train.save_every=1", "train.log_samples=100"]
     if method == "prefix_rft":  # 1 plain and 1 prefixed slot per prompt
         overrides += ["prefix_rft.num_prefix=2", "prefix_rft.num_empty_prefix=1", "prefix_rft.min_prefix_len=2"]
+    if method == "distill":  # the teacher: the starting weights, so the KL grows as the student moves
+        overrides += [f"teacher.name_or_path={vllm_model_dir}"]
     Trainer(tiny_config(vllm_model_dir, tmp_path / "straight", *overrides)).train()
     Trainer(tiny_config(vllm_model_dir, tmp_path / "resumed", *overrides)).train(stop_at=2)
     Trainer(tiny_config(vllm_model_dir, tmp_path / "resumed", *overrides, "train.resume=true")).train()
