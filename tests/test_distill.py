@@ -168,3 +168,60 @@ def test_two_processes_compute_the_one_process_run_with_a_teacher(tiny_model_dir
     _one_process(paths["one"])
     _launch(paths["two"], 2)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+# ------------------------------------------------------------------ GKD: the JSD in the chunked forward
+
+
+def test_the_chunked_jsd_equals_the_full_logits_jsd_in_value_and_gradient(tiny_tokenizer):
+    from conftest import build_tiny_llama
+    from hybridrft.ops import token_logprobs_entropy_and_jsd
+
+    student, teacher = build_tiny_llama(tiny_tokenizer, seed=1), build_tiny_llama(tiny_tokenizer, seed=2).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 300, (3, 9), generator=g)
+    attention = torch.ones_like(ids)
+    loss_mask = torch.zeros_like(ids, dtype=torch.bool)
+    loss_mask[:, 4:] = True
+    loss_mask[2, 7:] = False
+    _, _, jsd = token_logprobs_entropy_and_jsd(student, teacher, ids, attention, loss_mask, beta=0.3,
+                                               jsd_temperature=0.8, chunk_size=4)
+    (jsd.sum() / loss_mask.sum()).backward()
+    chunked = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    # the plain computation: full logits of both models, shifted, TRL's formula, a token mean
+    logits = student(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    plain = generalized_jsd(logits, teacher_logits, beta=0.3, temperature=0.8)
+    scored = loss_mask[:, 1:]
+    torch.testing.assert_close(jsd[:, 1:][scored], plain[scored].detach(), atol=1e-6, rtol=1e-5)
+    assert torch.all(jsd[:, 1:][~scored] == 0)
+    (plain[scored].sum() / loss_mask.sum()).backward()
+    for name, p in student.named_parameters():
+        torch.testing.assert_close(chunked[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_gkd_run_mixes_on_policy_and_demonstration_steps_and_logs_the_jsd(tiny_model_dir, teacher_dir, tmp_path):
+    from conftest import tiny_config
+    from hybridrft.train import Trainer, read_metrics
+
+    trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=distill", "distill.loss=jsd",
+                                  f"teacher.name_or_path={teacher_dir}", "train.max_steps=6"))
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    on_policy = [r["distill/on_policy"] for r in rows]
+    assert 0 < sum(on_policy) < len(rows)  # lmbda 0.5: some steps on the student's samples, some on demonstrations
+    for row in rows:
+        assert row["distill/jsd"] > 0 and "time/teacher" not in row  # the JSD needs no separate teacher pass
+        assert (row["tokens/generated"] > 0) == bool(row["distill/on_policy"])
+
+
+def test_the_jsd_term_adds_to_another_method(tiny_model_dir, teacher_dir, tmp_path):
+    from conftest import tiny_config
+    from hybridrft.train import Trainer, read_metrics
+
+    Trainer(tiny_config(tiny_model_dir, tmp_path / "run", "method=luffy", "distill.coef=0.3", "distill.loss=jsd",
+                        f"teacher.name_or_path={teacher_dir}")).train()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["distill/jsd"] > 0 and "loss/off_policy" in r for r in rows)

@@ -284,12 +284,20 @@ class DistillConfig:
     """On-policy distillation from ``teacher``: each sampled token's advantage is the negative reverse
     KL ``-(log p_student - log p_teacher)`` of that token (the tinker cookbook's on-policy
     distillation), trained through the importance-sampled policy-gradient term with the sampler's
-    log-probs as the behaviour policy. The ``distill`` method is this term alone; ``coef > 0`` adds it
-    to any other method's RL steps (GRPO, SRFT, LUFFY, Prefix-RFT, ...)."""
+    log-probs as the behaviour policy; or (``loss: jsd``) GKD's generalised JSD over the full vocabulary
+    at every completion token. The ``distill`` method is this term alone; ``coef > 0`` adds it to any
+    other method's RL steps (GRPO, SRFT, LUFFY, Prefix-RFT, ...)."""
 
     coef: float = ranged(0.0, ">= 0")  # weight of the term in another method's loss (0: none; the distill method: 1)
+    loss: str = "reverse_kl"  # reverse_kl: the tinker cookbook's per-token advantage; jsd: GKD's generalised JSD (TRL GKDTrainer)
     kl_coef: float = ranged(1.0, "> 0")  # scale of the KL advantage (tinker kl_penalty_coef, default 1.0)
     discount: float = ranged(0.0, "[0, 1]")  # each token's advantage sums the later ones' by this factor (tinker kl_discount_factor, 0)
+    beta: float = ranged(0.5, "[0, 1]")  # jsd: the interpolation (0: KL(teacher || student), 1: the reverse; TRL GKDConfig 0.5)
+    jsd_temperature: float = ranged(1.0, "> 0")  # jsd: the softmax temperature of both models' logits (TRL's loss: 1.0)
+    lmbda: float = ranged(0.5, "[0, 1]")  # jsd, the distill method: share of steps on the student's samples, the rest on demonstrations (TRL 0.5)
+
+    def __post_init__(self):
+        _check_choice("distill", "loss", self.loss, ("reverse_kl", "jsd"))
 
 
 @dataclass

@@ -66,6 +66,7 @@ class PolicyOutputs:
 
     logp: torch.Tensor  # [B, T], with gradient
     entropy: torch.Tensor  # [B, T], with gradient (detach where a weight must not be trained)
+    jsd: torch.Tensor | None = None  # [B, T], with gradient: GKD's JSD to the teacher (distill.loss=jsd)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def finite_outside_completions(batch: RolloutBatch, out: PolicyOutputs) -> tuple
         value = getattr(batch, name)
         if value is not None:
             setattr(cleaned, name, zero_outside(value, mask))
-    return cleaned, PolicyOutputs(zero_outside(out.logp, mask), zero_outside(out.entropy, mask))
+    jsd = None if out.jsd is None else zero_outside(out.jsd, mask)
+    return cleaned, PolicyOutputs(zero_outside(out.logp, mask), zero_outside(out.entropy, mask), jsd)
 
 
 class Objective(ABC):
@@ -170,8 +172,17 @@ class Objective(ABC):
 
     @property
     def needs_teacher(self) -> bool:
-        """The teacher's log-probs are needed: the distill method, or ``distill.coef > 0`` on an RL method."""
+        """A teacher is loaded: the distill method, or ``distill.coef > 0`` on an RL method."""
         return self.distills or (self.has_rl_term and self.config.distill.coef > 0)
+
+    @property
+    def needs_teacher_logprobs(self) -> bool:
+        """The teacher's log-probs of the batch's tokens (the reverse-KL term), a forward before the updates."""
+        return self.needs_teacher and self.config.distill.loss == "reverse_kl"
+
+    def uses_jsd(self, plan: StepPlan) -> bool:
+        """The step's forward also computes the JSD to the teacher (``distill.loss=jsd``)."""
+        return self.needs_teacher and self.config.distill.loss == "jsd" and (self.distills or plan.kind != SFT)
 
     @property
     def needs_reference(self) -> bool:
@@ -246,6 +257,11 @@ class Objective(ABC):
         p_teacher)``, the sampler's log-probs the behaviour policy (the current ones, detached, where the
         sampler records none), aggregated as the method's policy terms. Also the per-token KL estimate to
         the teacher, over all sampled tokens and over those of correct and of incorrect rollouts."""
+        if self.config.distill.loss == "jsd":  # GKD: the JSD over every completion token, a token mean (TRL's batchmean)
+            if out.jsd is None:
+                raise ValueError("distill.loss=jsd needs the JSD from the step's forward (the trainer passes the teacher)")
+            jsd = aggregate(out.jsd, batch.masks[COMPLETIONS], "token_mean", totals=totals[COMPLETIONS])
+            return jsd, {"loss/distill": jsd.detach(), "distill/jsd": jsd.detach()}
         if batch.teacher_logp is None:
             raise ValueError("distillation needs the teacher's log-probs: set teacher.name_or_path")
         cfg, mask = self.config.distill, batch.masks[SAMPLED]

@@ -27,6 +27,7 @@ advantages are the method's: group-normalised, clipped), weighted by ``distill.c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from hybridrft.objectives.base import RL, Objective, StepPlan, register_objective
@@ -35,12 +36,26 @@ from hybridrft.objectives.base import RL, Objective, StepPlan, register_objectiv
 @register_objective
 class DistillObjective(Objective):
     name = "distill"
-    trains_on_demonstrations = False
     distills = True
     # the cookbook's on_policy_distillation.py: group_size = 4 rollouts per prompt
     defaults = {"group.demos_per_prompt": 0, "group.num_generations": 4}
 
+    @property
+    def trains_on_demonstrations(self) -> bool:  # GKD's supervised steps distil on the demonstrations
+        return self.config.distill.loss == "jsd" and self.config.distill.lmbda < 1
+
+    @property
+    def needs_demonstrations(self) -> bool:
+        return self.trains_on_demonstrations
+
     def plan(self, step: int) -> StepPlan:
+        cfg = self.config.distill
+        if cfg.loss == "jsd":  # GKD: with probability lmbda the student's own samples, else the demonstrations
+            on_policy = bool(np.random.default_rng([self.config.train.seed, step]).random() <= cfg.lmbda)
+            info = {"distill/on_policy": float(on_policy)}
+            if not on_policy:
+                return StepPlan(RL, rollouts_per_prompt=0, demos_per_prompt=max(1, self.config.group.demos_per_prompt), info=info)
+            return StepPlan(RL, rollouts_per_prompt=self.config.group.num_generations, demos_per_prompt=0, info=info)
         return StepPlan(RL, rollouts_per_prompt=self.config.group.num_generations, demos_per_prompt=0)
 
     def prepare(self, batch, plan):

@@ -17,6 +17,7 @@ from hybridrft.ops.logprobs import (
     logprobs_and_entropy_from_logits,
     shared_prompt_logprobs_and_entropy,
     token_logprobs_and_entropy,
+    token_logprobs_entropy_and_jsd,
 )
 from hybridrft.ops.policy_loss import (
     LOG_RATIO_BOUND,
@@ -50,6 +51,7 @@ __all__ = [
     "sampler_mismatch",
     "shaped_probability",
     "token_logprobs_and_entropy",
+    "token_logprobs_entropy_and_jsd",
     "uncertainty_weights",
     "warmup_cosine",
     "zero_outside",

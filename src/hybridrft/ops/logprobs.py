@@ -12,6 +12,7 @@ completion positions.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from hybridrft.models.kv_cache import capture_cache, captured, expand_prefix, prefix_cache, repeat_rows, with_cache
@@ -266,3 +267,55 @@ def _check_shared_prompts(input_ids, prompt_lengths, order, counts) -> None:
         if not bool((lengths == length).all()) or not bool((input_ids[members, :length] == input_ids[members[0], :length]).all()):
             raise ValueError("rows of one group must share the same prompt tokens")
         start += count
+
+
+def _jsd_of_chunk(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, beta, temperature):
+    from hybridrft.ops.distill import generalized_jsd
+
+    student = F.linear(student_hidden, student_weight, student_bias).float()
+    with torch.no_grad():
+        teacher = F.linear(teacher_hidden, teacher_weight, teacher_bias).float()
+    return generalized_jsd(student, teacher, beta=beta, temperature=temperature)
+
+
+def token_logprobs_entropy_and_jsd(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    jsd_temperature: float = 1.0,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``token_logprobs_and_entropy`` plus GKD's generalised JSD to ``teacher`` at every ``loss_mask``
+    position (``ops.distill.generalized_jsd`` over the full vocabulary, 0 elsewhere), all ``[N, T]``.
+
+    The teacher's decoder runs once without gradient; the JSD is then taken ``chunk_size`` completion
+    positions at a time, each chunk under activation checkpointing, so that neither model's ``[N, T, V]``
+    logits exist: a chunk's student and teacher logits live while that chunk is computed, and again
+    while its gradient is (they are rebuilt in the backward)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logp, entropy = chunked_logprobs_and_entropy(
+        hidden[:, :-1], head.weight, input_ids[:, 1:], bias=head.bias, chunk_size=chunk_size, temperature=temperature
+    )
+    with torch.no_grad():
+        teacher_hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    teacher_head = teacher.get_output_embeddings()
+    scored = loss_mask[:, 1:].bool()  # hidden[:, t] predicts input_ids[:, t + 1]
+    student_rows, teacher_rows = hidden[:, :-1][scored], teacher_hidden[:, :-1][scored].to(hidden.dtype)
+    pieces = []
+    for start in range(0, student_rows.shape[0], max(1, chunk_size)):
+        end = start + max(1, chunk_size)
+        pieces.append(torch.utils.checkpoint.checkpoint(
+            _jsd_of_chunk, student_rows[start:end], head.weight, head.bias, teacher_rows[start:end],
+            teacher_head.weight.to(hidden.dtype), None if teacher_head.bias is None else teacher_head.bias.to(hidden.dtype),
+            beta, jsd_temperature, use_reentrant=False,
+        ))
+    values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    jsd = torch.zeros(scored.shape, dtype=torch.float32, device=hidden.device).masked_scatter(scored, values)
+    pad = logp.new_zeros(logp.shape[0], 1)
+    return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy], dim=1), torch.cat([pad, jsd], dim=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from hybridrft.ops import shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy
+from hybridrft.ops import shared_prompt_logprobs_and_entropy, token_logprobs_and_entropy, token_logprobs_entropy_and_jsd
 from hybridrft.rollout import RolloutBatch, group_micro_batches, length_sorted_micro_batches
 
 
@@ -41,9 +41,17 @@ class PolicyScorer(torch.nn.Module):
         return self.policy.config
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, group: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log-probs, entropies)``, each ``[N, T]`` aligned with ``input_ids``."""
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, group: torch.Tensor,
+        teacher: torch.nn.Module | None = None, jsd_beta: float = 0.5, jsd_temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, ...]:
+        """``(log-probs, entropies)``, each ``[N, T]`` aligned with ``input_ids``; with a ``teacher``, also
+        GKD's generalised JSD to it at every completion position (``ops.token_logprobs_entropy_and_jsd``,
+        one pass over the full sequences, the teacher's logits a chunk at a time)."""
+        if teacher is not None:
+            return token_logprobs_entropy_and_jsd(
+                self.policy, teacher, input_ids, attention_mask, loss_mask, beta=jsd_beta,
+                jsd_temperature=jsd_temperature, chunk_size=self.chunk_size, temperature=self.temperature,
+            )
         if self.shared_prompt_forward:
             return shared_prompt_logprobs_and_entropy(
                 self.policy, input_ids, attention_mask, loss_mask, group,

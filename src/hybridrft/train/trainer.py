@@ -353,7 +353,7 @@ class Trainer:
                         batch.old_logp = self._logprobs(batch, self.model)
                     if self.reference is not None:
                         batch.ref_logp = self._logprobs(batch, self.reference)
-                if self.teacher is not None:
+                if self.teacher is not None and self.objective.needs_teacher_logprobs:
                     with self.timer("teacher"):  # the teacher's forward, its own column of the step's time
                         batch.teacher_logp = self._logprobs(batch, self.teacher)
                 self._abandon_step_if_stopping()
@@ -517,7 +517,7 @@ class Trainer:
             # gradients are all-reduced once per update, on the last micro-batch
             with self.engine.accumulating(self.model, last=k == len(micro_batches) - 1):
                 with timer("forward"):
-                    loss, term_metrics = self.objective.step_loss(micro, self._forward(micro), totals, plan)
+                    loss, term_metrics = self.objective.step_loss(micro, self._forward(micro, jsd=self.objective.uses_jsd(plan)), totals, plan)
                     sums["loss"] += float(loss.detach())  # also waits for an accelerator: the split is honest
                 with timer("backward"):
                     # processes' gradients are averaged; our losses are already normalised globally
@@ -569,9 +569,15 @@ class Trainer:
     def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
         return micro_batch_rows(batch, self.config.train.micro_batch_size, self.config.train.shared_prompt_forward)
 
-    def _forward(self, micro: RolloutBatch, scorer=None) -> PolicyOutputs:
-        """Log-probs and entropies of ``micro`` under the policy (through its engine) or ``scorer``."""
+    def _forward(self, micro: RolloutBatch, scorer=None, *, jsd: bool = False) -> PolicyOutputs:
+        """Log-probs and entropies of ``micro`` under the policy (through its engine) or ``scorer``; with
+        ``jsd``, GKD's JSD to the teacher too, in the same pass (its own time column inside the forward)."""
         scorer = self.model if scorer is None else scorer
+        if jsd:
+            distill = self.config.distill
+            return PolicyOutputs(*scorer(micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group,
+                                         teacher=self.teacher.policy, jsd_beta=distill.beta,
+                                         jsd_temperature=distill.jsd_temperature))
         return PolicyOutputs(*scorer(micro.input_ids, micro.attention_mask, micro.loss_mask, micro.group))
 
     def _logprobs(self, batch: RolloutBatch, scorer) -> torch.Tensor:
