@@ -1,7 +1,8 @@
 """What a teacher costs: the step split and peak memory of the quickstart's shape (SmolLM2-135M, 4 prompts
 x 4 rollouts, 64 tokens, one process) without a teacher and with one of the student's size
-(docs/BENCHMARKS.md). Three runs of 4 steps each, the first step discarded: GRPO; GRPO with the
-distillation term (``distill.coef=1``, the teacher's forward its own column); the ``distill`` method.
+(docs/BENCHMARKS.md). Runs of 4 steps each, the first step discarded: GRPO; GRPO with the
+distillation term (``distill.coef=1``, the teacher's forward its own column); the ``distill`` method;
+the ``distill`` method with GKD's JSD (the teacher's pass inside the forward column).
 
     python bench/distill_cost.py [--teacher PATH] [--threads 2]
 """
@@ -23,6 +24,7 @@ VARIANTS = {
     "grpo": ["method=grpo"],
     "grpo + teacher (distill.coef=1)": ["method=grpo", "distill.coef=1.0"],
     "distill": ["method=distill"],
+    "distill, GKD JSD (lmbda=1)": ["method=distill", "distill.loss=jsd", "distill.lmbda=1.0"],
 }
 
 
@@ -45,11 +47,15 @@ def main() -> None:
     parser.add_argument("--teacher", default=str(WARM) if WARM.is_dir() else "smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "distill-cost")
+    parser.add_argument("--only", default=None, help="comma-separated indices of the runs to make (default: all)")
     args = parser.parse_args()
     print(f"teacher: {args.teacher}; quickstart shape, 4 steps (the first discarded), {args.threads} threads")
     print("| run | " + " | ".join(COLUMNS) + " | peak RSS MiB | KL to teacher |")
     print("|---" * (len(COLUMNS) + 3) + "|")
+    chosen = None if args.only is None else {int(k) for k in args.only.split(",")}
     for k, (name, overrides) in enumerate(VARIANTS.items()):
+        if chosen is not None and k not in chosen:
+            continue
         r = run(name, overrides, args.teacher, args.threads, args.out / f"run{k}")
         kl = "-" if r["kl"] != r["kl"] else f"{r['kl']:.3f}"
         print(f"| {name} | " + " | ".join(f"{r[c]:.2f}" for c in COLUMNS) + f" | {r['peak_mib']:.0f} | {kl} |", flush=True)
