@@ -153,7 +153,8 @@ def test_a_distillation_run_resumes_bit_for_bit(tiny_model_dir, teacher_dir, tmp
     assert rows[1] == rows[0] and all("distill/kl" in r for r in rows[0] if r.get("kind") == "train")
 
 
-def test_two_processes_compute_the_one_process_run_with_a_teacher(tiny_model_dir, teacher_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("loss", ["reverse_kl", "jsd"])
+def test_two_processes_compute_the_one_process_run_with_a_teacher(loss, tiny_model_dir, teacher_dir, tmp_path, monkeypatch):
     import yaml
     from test_scale import _assert_same_run, _launch, _one_process, _recipe
 
@@ -163,6 +164,7 @@ def test_two_processes_compute_the_one_process_run_with_a_teacher(tiny_model_dir
         path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "distill")
         recipe = yaml.safe_load(path.read_text())
         recipe["teacher"] = {"name_or_path": str(teacher_dir)}
+        recipe["distill"] = {"loss": loss}  # jsd: the teacher runs inside the DDP-wrapped forward
         path.write_text(yaml.safe_dump(recipe))
         paths[name] = path
     _one_process(paths["one"])
