@@ -136,6 +136,30 @@ def test_eos_budget_and_greedy_follow_the_native_contract(sampler, tiny_tokenize
     assert [c.token_ids[0] for c in greedy] == first
 
 
+# the sampler-level tests use the module's engine: they run before the training runs start their own
+def test_a_continuation_of_a_prefix_scores_as_a_teacher_forced_forward(sampler, policy, tiny_tokenizer):
+    """Prefix-RFT's rollouts on the engine: ``prompt + prefix`` token ids in, the prefix kept as the
+    demonstration's own tokens, the continuation's recorded log-probs those of the training forward."""
+    from hybridrft.rollout.prefixes import RolloutPrefix, sample_prefix_continuations
+
+    prompts = _prompts(tiny_tokenizer)[:2]
+    demos = [[tiny_tokenizer(" 3 more, so 12 + 3 = 15", add_special_tokens=False).input_ids]] * 2
+    slots = [[RolloutPrefix(0, 0), RolloutPrefix(0, 4)]] * 2
+    sequences = sample_prefix_continuations(sampler, tiny_tokenizer, prompts, demos, slots,
+                                            SamplingParams(2, 1.0, 1.0, 12), [5, 6])
+    assert [s.prefix_length for s in sequences] == [0, 0, 4, 4] * 2
+    assert all(s.completion_ids[: s.prefix_length] == demos[0][0][: s.prefix_length] for s in sequences)
+    batch = build_rollout_batch(
+        [prompts[s.group] for s in sequences], [s.completion_ids for s in sequences], is_demo=[False] * len(sequences),
+        group=[s.group for s in sequences], reward=[0.0] * len(sequences), truncated=[False] * len(sequences), pad_id=0,
+        sampler_logprobs=[s.sampler_logprobs for s in sequences],
+        prefixes=[(s.prefix_id, s.prefix_length, s.demo_length) for s in sequences])
+    with torch.no_grad():
+        logp, _ = token_logprobs_and_entropy(policy, batch.input_ids, batch.attention_mask, temperature=1.0)
+    sampled = batch.loss_mask & ~batch.prefix_mask
+    torch.testing.assert_close(batch.sampler_logp[sampled], logp[sampled], atol=1e-4, rtol=0)
+
+
 def _metrics(out: Path) -> list[dict]:
     return [r for r in read_metrics(out / "metrics.jsonl") if r.get("plan")]
 
@@ -179,29 +203,6 @@ def test_lora_runs_push_the_merged_weights(vllm_model_dir, tmp_path):
     merged = inference_weights(trainer.policy)  # the adapters did move the weights the engine samples
     assert merged.keys() == base.keys()
     assert max(float((merged[k] - base[k]).abs().max()) for k in base) > 1e-3
-
-
-def test_a_continuation_of_a_prefix_scores_as_a_teacher_forced_forward(sampler, policy, tiny_tokenizer):
-    """Prefix-RFT's rollouts on the engine: ``prompt + prefix`` token ids in, the prefix kept as the
-    demonstration's own tokens, the continuation's recorded log-probs those of the training forward."""
-    from hybridrft.rollout.prefixes import RolloutPrefix, sample_prefix_continuations
-
-    prompts = _prompts(tiny_tokenizer)[:2]
-    demos = [[tiny_tokenizer(" 3 more, so 12 + 3 = 15", add_special_tokens=False).input_ids]] * 2
-    slots = [[RolloutPrefix(0, 0), RolloutPrefix(0, 4)]] * 2
-    sequences = sample_prefix_continuations(sampler, tiny_tokenizer, prompts, demos, slots,
-                                            SamplingParams(2, 1.0, 1.0, 12), [5, 6])
-    assert [s.prefix_length for s in sequences] == [0, 0, 4, 4] * 2
-    assert all(s.completion_ids[: s.prefix_length] == demos[0][0][: s.prefix_length] for s in sequences)
-    batch = build_rollout_batch(
-        [prompts[s.group] for s in sequences], [s.completion_ids for s in sequences], is_demo=[False] * len(sequences),
-        group=[s.group for s in sequences], reward=[0.0] * len(sequences), truncated=[False] * len(sequences), pad_id=0,
-        sampler_logprobs=[s.sampler_logprobs for s in sequences],
-        prefixes=[(s.prefix_id, s.prefix_length, s.demo_length) for s in sequences])
-    with torch.no_grad():
-        logp, _ = token_logprobs_and_entropy(policy, batch.input_ids, batch.attention_mask, temperature=1.0)
-    sampled = batch.loss_mask & ~batch.prefix_mask
-    torch.testing.assert_close(batch.sampler_logp[sampled], logp[sampled], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["grpo", "srft", "prefix_rft", "distill"])
