@@ -161,7 +161,8 @@ def test_a_continuation_extends_exactly_the_prefix_tokens_and_scores_as_a_teache
         assert s.completion_ids[: s.prefix_length] == demos[s.group][0][: s.prefix_length]
         assert s.prefix_length in (0, 3, 5) and (s.prefix_id == -1) == (s.prefix_length == 0)
         assert s.text == tiny_tokenizer.decode(s.completion_ids, skip_special_tokens=True)
-        assert len(s.completion_ids) <= 10
+        assert len(s.completion_ids) <= 10  # prefix and continuation share the budget
+        assert not s.truncated or len(s.completion_ids) == 10  # a truncated continuation used all the prefix left
     logp, batch = _teacher_forced(model, prompts, sequences)
     assert batch.prefix_mask.sum() == sum(s.prefix_length for s in sequences)
     sampled = batch.loss_mask & ~batch.prefix_mask

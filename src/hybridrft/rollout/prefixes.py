@@ -9,7 +9,7 @@ already end where the assistant turn starts, and the prefix follows as tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hybridrft.rollout.assembly import StepSequence
 from hybridrft.rollout.sampler import Sampler, SamplingParams
@@ -43,33 +43,37 @@ def sample_prefix_continuations(
     params: SamplingParams,
     seeds: list[int] | None,
 ) -> list[StepSequence]:
-    """Every prompt's slots sampled in one sampler call (``params.n`` continuations per slot), as step
-    sequences grouped by prompt: the completion is ``prefix + continuation`` cut at
-    ``params.max_new_tokens`` (the reference cuts prefix and continuation together to the response
-    budget), the text is decoded from those tokens, and the sampler's log-probs of the prefix tokens,
-    which it did not draw, are 0 (``RolloutBatch.prefix_mask`` marks them). A prefix is cut to leave the
-    continuation at least one token of the budget."""
+    """Every prompt's slots sampled (``params.n`` continuations per slot), as step sequences grouped by
+    prompt: the completion is ``prefix + continuation``, the two sharing the budget
+    ``params.max_new_tokens`` (the reference cuts them together to its response budget), so a slot's
+    continuation may take ``max_new_tokens - len(prefix)`` tokens. Slots are sampled in one call per
+    distinct continuation budget; each slot's seed is its own, so its continuations do not depend on
+    which slots share a call. A prefix leaves the continuation at least one token. The text is decoded
+    from the completion's tokens, and the sampler's log-probs of the prefix tokens, which it did not
+    draw, are 0 (``RolloutBatch.prefix_mask`` marks them)."""
     contexts, owners = [], []
     for group, (prompt, demos, prompt_slots) in enumerate(zip(prompt_ids, demo_ids, slots)):
         for k, slot in enumerate(prompt_slots):
-            # a prefix leaves the policy at least one token of the budget (prefix and continuation share it)
             prefix = demos[slot.demo][: min(slot.length, params.max_new_tokens - 1)] if slot.length else []
             contexts.append(list(prompt) + prefix)
-            owners.append((group, k, slot, prefix, len(demos[slot.demo]) if demos else 0))
+            owners.append((group, k, prefix, len(demos[slot.demo]) if demos else 0))
     slot_seeds = None if seeds is None else [slot_seed(seeds[group], k) for group, k, *_ in owners]
-    completions = sampler.generate(contexts, params, seeds=slot_seeds) if contexts else []
+    budgets = [params.max_new_tokens - len(prefix) for _, _, prefix, _ in owners]
+    found: dict[int, list] = {}
+    for budget in sorted(set(budgets), reverse=True):
+        members = [c for c, b in enumerate(budgets) if b == budget]
+        part = sampler.generate([contexts[c] for c in members], replace(params, max_new_tokens=budget),
+                                seeds=None if slot_seeds is None else [slot_seeds[c] for c in members])
+        for completion in part:
+            found.setdefault(members[completion.prompt_index], []).append(completion)
     sequences = []
-    for completion in completions:
-        group, k, slot, prefix, demo_length = owners[completion.prompt_index]
-        tokens = (prefix + completion.token_ids)[: params.max_new_tokens]
-        cut = len(tokens) < len(prefix) + len(completion.token_ids)
-        logprobs = None
-        if completion.logprobs is not None:
-            logprobs = ([0.0] * len(prefix) + list(completion.logprobs))[: len(tokens)]
-        sequences.append(StepSequence(
-            group=group, completion_ids=tokens, text=tokenizer.decode(tokens, skip_special_tokens=True),
-            is_demo=False, truncated=completion.truncated or cut,  # a cut drops the EOS with the tail
-            sampler_logprobs=logprobs, prefix_id=k if prefix else -1, prefix_length=len(prefix),
-            demo_length=demo_length,
-        ))
+    for c, (group, k, prefix, demo_length) in enumerate(owners):
+        for completion in found.get(c, []):
+            tokens = prefix + completion.token_ids
+            logprobs = None if completion.logprobs is None else [0.0] * len(prefix) + list(completion.logprobs)
+            sequences.append(StepSequence(
+                group=group, completion_ids=tokens, text=tokenizer.decode(tokens, skip_special_tokens=True),
+                is_demo=False, truncated=completion.truncated, sampler_logprobs=logprobs,
+                prefix_id=k if prefix else -1, prefix_length=len(prefix), demo_length=demo_length,
+            ))
     return sequences
