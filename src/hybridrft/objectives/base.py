@@ -137,8 +137,19 @@ class Objective(ABC):
         self.config = config
         self.aggregation = config.loss.aggregation
         self.policy_aggregation = config.loss.policy_aggregation or config.loss.aggregation
-        self.max_len = config.max_completion_length
+        self.max_len = self.completion_budget(config)
         self.token_sum_divisor = config.loss.token_sum_divisor
+
+    def completion_budget(self, config: Config) -> int:
+        """``L_max`` of Dr. GRPO's normaliser: ``loss.max_completion_length``, else the longest completion
+        the method trains on, the rollout budget and, for a method that trains on whole demonstrations,
+        ``data.max_demo_tokens`` (a method that never does, GRPO, Prefix-RFT, distill, divides by the
+        rollout budget alone, as TRL's ``max_completion_length`` and verl's ``loss_agg_max_tokens``)."""
+        if config.loss.max_completion_length:
+            return config.loss.max_completion_length
+        if self.trains_on_demonstrations and config.group.demos_per_prompt > 0:
+            return config.max_completion_length
+        return config.rollout.max_new_tokens
 
     @abstractmethod
     def plan(self, step: int) -> StepPlan: ...
