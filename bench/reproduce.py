@@ -57,7 +57,8 @@ CURVE_EVERY, CURVE_SIZE = 8, 64  # held-out accuracy during training: the first 
 AVG_SAMPLES, AVG_TEMPERATURE = 4, 0.6
 SEEDS = (0, 1, 2)
 LABELS = {"sft": "SFT", "grpo": "GRPO", "two_stage": "SFT then GRPO", "luffy": "LUFFY", "srft": "SRFT",
-          "sasr": "SASR", "relift": "ReLIFT", "static_mix": "static mix", "chord": "CHORD", "hpt": "HPT"}
+          "sasr": "SASR", "relift": "ReLIFT", "prefix_rft": "Prefix-RFT", "static_mix": "static mix", "chord": "CHORD",
+          "hpt": "HPT"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ BASE_REGIME = Study(name="base", folder="", start=MODEL, start_eval="base", step
 # them (bench/warm_start.py). "SFT then GRPO" is GRPO here; ReLIFT joins. The steps: the pilot's
 # flattening point (see ``pilot``).
 WARM_START = Study(name="warm", folder="warm", start="warm/start", start_eval="warm/start-eval", steps=48,
-                   seeded=("sft", "grpo", "luffy", "srft", "sasr", "relift"), single=("static_mix", "chord", "hpt"),
+                   seeded=("sft", "grpo", "luffy", "srft", "sasr", "relift", "prefix_rft"),
+                   single=("static_mix", "chord", "hpt"),
                    sweep_steps=8, sweep_rates=(3e-6, 1e-5, 3e-5), curve_at_start=False,
                    eval_dtype="bfloat16")
 STUDIES = {s.name: s for s in (BASE_REGIME, WARM_START)}
@@ -114,6 +116,10 @@ def scaled(method: str, steps: int, learning_rate: float) -> dict:
         # ReLIFT's scripts fine-tune once the buffer holds one training batch (sft_data_size =
         # train_batch_size = 128), at the RL rate (both 1e-6)
         "relift": {"relift": {"sft_prompts": PROMPTS, "sft_learning_rate": learning_rate}},
+        # Prefix-RFT in the same rollout budget: of each prompt's ROLLOUTS slots, one continues a prefix of
+        # its demonstration (the default 7 + 1 scaled to 3 + 1); the study's demonstrations are about 20
+        # tokens, so the minimum prefix is 4 of them, not 8
+        "prefix_rft": {"prefix_rft": {"num_prefix": ROLLOUTS, "num_empty_prefix": ROLLOUTS - 1, "min_prefix_len": 4}},
     }.get(method, {})
 
 
@@ -307,7 +313,8 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 # The orderings each paper claims: SRFT over SFT, GRPO, SFT then GRPO, LUFFY (and ReLIFT, a baseline of
 # its Table 2 for the 7B model); SASR over SFT, GRPO, static mixing. A study tests those of its methods.
 CLAIMS_TESTED = [("srft", other) for other in ("sft", "grpo", "two_stage", "luffy", "relift")] + \
-                [("sasr", other) for other in ("sft", "grpo", "static_mix")]
+                [("sasr", other) for other in ("sft", "grpo", "static_mix")] + \
+                [("prefix_rft", other) for other in ("sft", "grpo", "luffy", "srft")]  # Prefix-RFT's own claims
 METRICS = (("eval-greedy", "id/pass@1", "ID greedy"), ("eval-greedy", "ood/pass@1", "OOD greedy"),
            ("eval-sampled", "id/avg@4", "ID avg@4"), ("eval-sampled", "ood/avg@4", "OOD avg@4"))
 
@@ -479,6 +486,10 @@ def budgets_text(study: Study) -> str:
         elif method == "chord":
             parts.append(f"CHORD's mu rises for {found['chord']['mu_warmup_steps']} steps and decays over "
                          f"{found['chord']['mu_decay_steps']}")
+        elif method == "prefix_rft":
+            parts.append(f"Prefix-RFT's {found['prefix_rft']['num_prefix']} rollout slots per prompt hold "
+                         f"{found['prefix_rft']['num_empty_prefix']} ordinary rollouts and 1 continuing a prefix of at least "
+                         f"{found['prefix_rft']['min_prefix_len']} demonstration tokens, its fraction's bound decaying over the run")
         elif method == "relift":
             parts.append(f"ReLIFT fine-tunes once its buffer holds {found['relift']['sft_prompts']} unsolved prompts "
                          "(one step's batch, as its scripts' 128 of 128), at the run's learning rate (its scripts: "

@@ -54,11 +54,12 @@ def test_every_method_gets_a_valid_recipe_with_the_same_shared_settings(reproduc
 def test_the_warm_study_starts_from_the_warm_start_and_tests_every_claim_among_its_methods(reproduce):
     warm = reproduce.WARM_START
     assert warm.steps >= 48 and warm.start_model(Path("/r")) == "/r/warm/start"
-    assert {"sft", "grpo", "luffy", "srft", "sasr", "relift"} <= set(warm.seeded)
+    assert {"sft", "grpo", "luffy", "srft", "sasr", "relift", "prefix_rft"} <= set(warm.seeded)
     assert {"static_mix", "chord", "hpt"} <= set(warm.single)
     tested = [(a, b) for a, b in reproduce.CLAIMS_TESTED if a in warm.methods and b in warm.methods]
     assert tested == [("srft", "sft"), ("srft", "grpo"), ("srft", "luffy"), ("srft", "relift"),
-                      ("sasr", "sft"), ("sasr", "grpo"), ("sasr", "static_mix")]
+                      ("sasr", "sft"), ("sasr", "grpo"), ("sasr", "static_mix"),
+                      ("prefix_rft", "sft"), ("prefix_rft", "grpo"), ("prefix_rft", "luffy"), ("prefix_rft", "srft")]
 
 
 def test_difference_interval_is_the_pooled_t_interval(reproduce):
