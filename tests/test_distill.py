@@ -96,12 +96,16 @@ def _teacher_logprobs(teacher_dir, batch, temperature):
     return logp
 
 
-@pytest.mark.parametrize("method", ["distill", "grpo"])
+@pytest.mark.parametrize("method", ["distill", "grpo", "distill-hf"])
 def test_the_teacher_scores_the_sampled_tokens_and_the_kl_is_logged(method, tiny_model_dir, teacher_dir, tmp_path):
+    """(distill-hf: transformers.generate records no sampler log-probs; the behaviour policy is then the
+    current one, ratio 1.)"""
     from conftest import tiny_config
     from hybridrft.train import Trainer, read_metrics
 
-    overrides = [f"method={method}", f"teacher.name_or_path={teacher_dir}", "train.max_steps=2"]
+    backend = "hf" if method.endswith("-hf") else "native"
+    method = method.split("-")[0]
+    overrides = [f"method={method}", f"teacher.name_or_path={teacher_dir}", "train.max_steps=2", f"rollout.backend={backend}"]
     if method == "grpo":
         overrides.append("distill.coef=0.5")
     trainer = Trainer(tiny_config(tiny_model_dir, tmp_path / "run", *overrides))
