@@ -62,17 +62,25 @@ def main() -> None:
         path.write_text(yaml.safe_dump(recipe(method, out), sort_keys=False))
         resume = ["--resume"] if any((out / "checkpoints").glob("step-*")) else []
         subprocess.run([sys.executable, "-m", "hybridrft", "train", str(path), *threads, *resume], check=True, cwd=REPO)
-    print("| method | held-out accuracy, steps 0 / 8 / 16 | KL to the teacher, steps 1-4 / 13-16 | train time |")
-    print("|---|---|---|---|")
+    print("\n".join(table()))
+
+
+def table() -> list[str]:
+    """The demonstration's table (docs/RESULTS.md, "Distillation"), from the runs' metrics."""
+    lines = ["| method | held-out accuracy, steps 0 / 8 / 16 (%) | KL to the teacher, steps 1-4 / 13-16 | train time |",
+             "|---|---|---|---|"]
     for method in METHODS:
         found = rows(ROOT / "distill-demo" / method)
+        if not (ROOT / "distill-demo" / method / "final_model").is_dir():
+            lines.append(f"| {method} | (not run yet) | | |")
+            continue
         evals = [f"{r['eval/accuracy'] * 100:.1f}" for r in found if r.get("kind") == "eval"]
         train = [r for r in found if r.get("kind") == "train"]
         kl = [r["distill/kl"] for r in train if "distill/kl" in r]
         kl_cell = f"{sum(kl[:4]) / 4:.3f} / {sum(kl[-4:]) / 4:.3f}" if len(kl) >= 8 else "-"
         seconds = sum(r.get("time/step", 0.0) for r in train)
-        print(f"| {method} | {' / '.join(evals)} | {kl_cell} | {seconds / 60:.1f} min |")
-
+        lines.append(f"| {method} | {' / '.join(evals)} | {kl_cell} | {seconds / 60:.1f} min |")
+    return lines
 
 if __name__ == "__main__":
     main()

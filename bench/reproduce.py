@@ -428,6 +428,7 @@ def results(study: Study, root: Path, doc: Path) -> None:
         "PLOTS": "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)",
         "ORDERINGS": "\n".join(claim_table(home, study.methods)), "PILOT": pilot_text(study, root),
         "CLAIMS": written_claims(doc), "BASE_REGIME": (REPO / "bench" / "reproduce_base_regime.md").read_text().rstrip(),
+        "DISTILL": "\n".join(distill_demo_table()),
     }
     text = (REPO / "bench" / "reproduce_results.md").read_text()
     for key, value in fills.items():
@@ -435,6 +436,12 @@ def results(study: Study, root: Path, doc: Path) -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote {doc}")
+
+
+def distill_demo_table() -> list[str]:
+    import distill_demo  # bench/distill_demo.py: its own runs, beside this study's
+
+    return distill_demo.table()
 
 
 def setup_text(study: Study, root: Path) -> str:
@@ -514,13 +521,14 @@ EVAL_DTYPE_NOTE = (
     "verdicts differ between the two precisions, 33.6% in bfloat16 against 35.9% in float32, so rows compare "
     "with each other, all in bfloat16, and not with float32 numbers)")
 
-CLAIMS, CLAIMS_END = "## Claim by claim", "\n## The first study"
+CLAIMS = "## Claim by claim"
 
 
 def written_claims(doc: Path) -> str:
-    """The claims section is written by hand once the numbers are in; a rebuild keeps it."""
+    """The claims section is written by hand once the numbers are in; a rebuild keeps it (up to the
+    next ``## `` heading)."""
     if doc.is_file() and CLAIMS in doc.read_text():
-        return doc.read_text().split(CLAIMS, 1)[1].split(CLAIMS_END, 1)[0].strip()
+        return doc.read_text().split(CLAIMS, 1)[1].split("\n## ", 1)[0].strip()
     return "(written once the study has finished)"
 
 

@@ -131,3 +131,10 @@ def test_curves_average_the_seeds_after_smoothing_and_start_from_the_one_start_e
     assert reproduce.start_curve_point(tmp_path, study) == pytest.approx(0.25)
     (generations / "id.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
     assert reproduce.start_curve_point(tmp_path, study) is None  # an unfinished evaluation draws no point
+
+
+def test_a_rebuild_keeps_the_hand_written_claims_and_nothing_after_them(reproduce, tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\n## Claim by claim\n\nSRFT held.\n\n## Distillation\n\ntable\n\n## The first study\n\nold\n")
+    assert reproduce.written_claims(doc) == "SRFT held."
+    assert reproduce.written_claims(tmp_path / "missing.md") == "(written once the study has finished)"
