@@ -231,3 +231,20 @@ def test_the_jsd_term_adds_to_another_method(tiny_model_dir, teacher_dir, tmp_pa
                         f"teacher.name_or_path={teacher_dir}")).train()
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert all(r["distill/jsd"] > 0 and "loss/off_policy" in r for r in rows)
+
+
+def test_the_reverse_kl_term_has_the_importance_sampled_policy_gradient():
+    from hybridrft.ops.distill import reverse_kl_policy_terms
+
+    g = torch.Generator().manual_seed(3)
+    logp = (-0.1 - 2 * torch.rand(2, 5, generator=g)).requires_grad_(True)
+    behaviour = -0.1 - 2 * torch.rand(2, 5, generator=g)
+    teacher = -0.1 - 2 * torch.rand(2, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    loss, advantages = reverse_kl_policy_terms(logp, behaviour, teacher, mask, coef=0.7)
+    loss.sum().backward()
+    ratio = torch.exp(logp.detach() - behaviour)
+    # d/dlogp of -rho A = -rho A (A detached): by hand
+    torch.testing.assert_close(logp.grad, -ratio * advantages)
+    torch.testing.assert_close(advantages, -0.7 * mask * (behaviour - teacher))
+    assert torch.all(logp.grad[~mask] == 0)
