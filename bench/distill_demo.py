@@ -67,19 +67,28 @@ def main() -> None:
 
 def table() -> list[str]:
     """The demonstration's table (docs/RESULTS.md, "Distillation"), from the runs' metrics."""
-    lines = ["| method | held-out accuracy, steps 0 / 8 / 16 (%) | KL to the teacher, steps 1-4 / 13-16 | train time |",
-             "|---|---|---|---|"]
+    lines = ["| method | held-out accuracy, steps 0 / 8 / 16 (%) | KL to the teacher per rollout, steps 1-4 / 13-16 "
+             "| per token | rollout length | train time |", "|---|---|---|---|---|---|"]
     for method in METHODS:
         found = rows(ROOT / "distill-demo" / method)
         if not (ROOT / "distill-demo" / method / "final_model").is_dir():
-            lines.append(f"| {method} | (not run yet) | | |")
+            lines.append(f"| {method} | (not run yet) | | | | |")
             continue
         evals = [f"{r['eval/accuracy'] * 100:.1f}" for r in found if r.get("kind") == "eval"]
         train = [r for r in found if r.get("kind") == "train"]
-        kl = [r["distill/kl"] for r in train if "distill/kl" in r]
-        kl_cell = f"{sum(kl[:4]) / 4:.3f} / {sum(kl[-4:]) / 4:.3f}" if len(kl) >= 8 else "-"
+        first, last = train[:4], train[-4:]
+        mean = lambda rs, f: sum(f(r) for r in rs) / len(rs)  # noqa: E731
+        # per rollout: the token mean times the mean rollout length (= the sum over a rollout's tokens, averaged)
+        per_rollout = lambda r: r["distill/kl"] * r["length/response_mean"]  # noqa: E731
+        if "distill/kl" in train[0]:
+            kl_cells = (f"{mean(first, per_rollout):.1f} / {mean(last, per_rollout):.1f} | "
+                        f"{mean(first, lambda r: r['distill/kl']):.3f} / {mean(last, lambda r: r['distill/kl']):.3f}")
+        else:
+            kl_cells = "- | -"
+        length = (f"{mean(first, lambda r: r['length/response_mean']):.0f} / {mean(last, lambda r: r['length/response_mean']):.0f}"
+                  if "length/response_mean" in train[0] else "-")  # SFT samples nothing
         seconds = sum(r.get("time/step", 0.0) for r in train)
-        lines.append(f"| {method} | {' / '.join(evals)} | {kl_cell} | {seconds / 60:.1f} min |")
+        lines.append(f"| {method} | {' / '.join(evals)} | {kl_cells} | {length} | {seconds / 60:.1f} min |")
     return lines
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def test_the_teacher_scores_the_sampled_tokens_and_the_kl_is_logged(method, tiny
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     for row in rows:
         assert row["distill/kl"] > 0 and "time/teacher" in row and "loss/distill" in row
+        # per rollout: the token mean times the mean rollout length
+        assert row["distill/kl_per_sequence"] == pytest.approx(row["distill/kl"] * row["length/response_mean"], rel=1e-4)
         # the logged KL is the mean of log p_sampler - log p_teacher over the sampled tokens
         assert "distill/kl_correct" in row or "distill/kl_incorrect" in row
 

@@ -281,7 +281,10 @@ class Objective(ABC):
                                                discount=cfg.discount, log_ratio_bound=self.config.grpo.log_ratio_bound)
         loss = self.policy_agg(per_token, mask, totals[SAMPLED])
         kl = behaviour.detach() - batch.teacher_logp
-        metrics = {"loss/distill": loss.detach(), "distill/kl": masked_token_mean(kl, mask, totals[SAMPLED])}
+        metrics = {"loss/distill": loss.detach(), "distill/kl": masked_token_mean(kl, mask, totals[SAMPLED]),
+                   # the KL of whole rollouts, the quantity distillation lowers: a token mean compares token
+                   # populations that change as the student's rollouts shorten or lengthen
+                   "distill/kl_per_sequence": zero_outside(kl, mask).sum() / max(totals[SAMPLED].num_seqs, 1.0)}
         for label, name in (("distill/kl_correct", SAMPLED_CORRECT), ("distill/kl_incorrect", SAMPLED_INCORRECT)):
             if totals[name].num_tokens:
                 metrics[label] = masked_token_mean(kl, batch.masks[name], totals[name])
