@@ -147,9 +147,12 @@ class Objective(ABC):
         rollout budget alone, as TRL's ``max_completion_length`` and verl's ``loss_agg_max_tokens``)."""
         if config.loss.max_completion_length:
             return config.loss.max_completion_length
-        if self.trains_on_demonstrations and config.group.demos_per_prompt > 0:
-            return config.max_completion_length
-        return config.rollout.max_new_tokens
+        return config.max_completion_length if self.trains_on_whole_demonstrations else config.rollout.max_new_tokens
+
+    @property
+    def trains_on_whole_demonstrations(self) -> bool:
+        """Whole demonstrations enter the step's batch (Prefix-RFT's enter as prefixes of rollouts only)."""
+        return self.trains_on_demonstrations and self.config.group.demos_per_prompt > 0
 
     @abstractmethod
     def plan(self, step: int) -> StepPlan: ...
@@ -179,7 +182,7 @@ class Objective(ABC):
     @property
     def needs_demonstrations(self) -> bool:
         """Every training example must have a demonstration (checked before the model loads)."""
-        return self.trains_on_demonstrations and self.config.group.demos_per_prompt > 0
+        return self.trains_on_whole_demonstrations
 
     @property
     def needs_teacher(self) -> bool:

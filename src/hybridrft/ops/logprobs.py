@@ -305,15 +305,16 @@ def token_logprobs_entropy_and_jsd(
     with torch.no_grad():
         teacher_hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     teacher_head = teacher.get_output_embeddings()
+    teacher_weight = teacher_head.weight.to(hidden.dtype)  # once, not per chunk
+    teacher_bias = None if teacher_head.bias is None else teacher_head.bias.to(hidden.dtype)
     scored = loss_mask[:, 1:].bool()  # hidden[:, t] predicts input_ids[:, t + 1]
     student_rows, teacher_rows = hidden[:, :-1][scored], teacher_hidden[:, :-1][scored].to(hidden.dtype)
     pieces = []
     for start in range(0, student_rows.shape[0], max(1, chunk_size)):
         end = start + max(1, chunk_size)
         pieces.append(torch.utils.checkpoint.checkpoint(
-            _jsd_of_chunk, student_rows[start:end], head.weight, head.bias, teacher_rows[start:end],
-            teacher_head.weight.to(hidden.dtype), None if teacher_head.bias is None else teacher_head.bias.to(hidden.dtype),
-            beta, jsd_temperature, use_reentrant=False,
+            _jsd_of_chunk, student_rows[start:end], head.weight, head.bias, teacher_rows[start:end], teacher_weight,
+            teacher_bias, beta, jsd_temperature, use_reentrant=False,
         ))
     values = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     jsd = torch.zeros(scored.shape, dtype=torch.float32, device=hidden.device).masked_scatter(scored, values)

@@ -304,7 +304,7 @@ class Trainer:
         """Prompt + rollout, prompt + evaluation and prompt + demonstration budgets against the model's
         positions (``train/preflight.py``)."""
         config = self.config  # whole demonstrations only (Prefix-RFT cuts its prefixes to the rollout budget)
-        plan_demos = self.objective.needs_demonstrations and config.group.demos_per_prompt > 0
+        plan_demos = self.objective.trains_on_whole_demonstrations
         name = config.model.name_or_path
         examples = self.train_set.examples
         demo_lengths = demonstration_lengths(self.tokenizer, examples, config.group.demos_per_prompt,
