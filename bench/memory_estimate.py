@@ -8,8 +8,10 @@ the trainer holds its state:
   under DDP every GPU holds all of it, under ZeRO-2 the gradients and moments are split over the
   GPUs, under FSDP2 / ZeRO-3 everything is;
 - LoRA: the frozen base in bf16 (2 B), and the adapters with the full-fine-tuning 16 B;
-- the frozen reference policy (only with grpo.beta > 0 or train.log_reference_kl): bf16, whole on
-  every GPU (it is not sharded);
+- a frozen model (the reference policy, only with grpo.beta > 0 or train.log_reference_kl; a
+  teacher of the policy's size with distill.coef > 0): bf16, whole on every GPU under DDP and
+  DeepSpeed; under FSDP2 its decoder layers are split over the GPUs and its embeddings, final norm
+  and head stay whole (train/engines.py, ``Engine.prepare_frozen``);
 - the KV cache of the sampler: bf16 keys and values for every rollout token of a GPU's share;
 - under FSDP2 / ZeRO-3 the sampler gathers the whole weights once per step (bf16 under mixed
   precision), so sampling adds a whole bf16 copy on every GPU for its duration.
@@ -76,12 +78,14 @@ def per_gpu(params: int, adapter: int, gpus: int, engine: str, lora: bool) -> fl
 
 def table(gpus: int, rollout_tokens: int, lora_rank: int) -> str:
     lines = [
-        f"| model | parameters | training | DDP | ZeRO-2 over {gpus} | FSDP2 / ZeRO-3 over {gpus} | + reference (bf16) | + KV cache | + whole weights while sampling (FSDP2 / ZeRO-3) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | parameters | training | DDP | ZeRO-2 over {gpus} | FSDP2 / ZeRO-3 over {gpus} | + reference or teacher (bf16), whole | + the same, FSDP2 over {gpus} | + KV cache | + whole weights while sampling (FSDP2 / ZeRO-3) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, shape in SHAPES.items():
         model = model_on_meta(shape)
         params = sum(p.numel() for p in model.parameters())
+        in_layers = sum(p.numel() for p in model.model.layers.parameters())
+        frozen_fsdp2 = 2 * (in_layers / gpus + params - in_layers)
         adapter = lora_parameters(model, lora_rank)
         kv = kv_cache_bytes(shape, rollout_tokens)
         for lora in (False, True):
@@ -90,7 +94,7 @@ def table(gpus: int, rollout_tokens: int, lora_rank: int) -> str:
             lines.append(
                 f"| {name} | {params / 1e9:.2f}B | {label} | "
                 + " | ".join(f"{c:.1f} GB" for c in cells)
-                + f" | {2 * params / GB:.1f} GB | {kv / GB:.1f} GB | {2 * params / GB:.1f} GB |"
+                + f" | {2 * params / GB:.1f} GB | {frozen_fsdp2 / GB:.1f} GB | {kv / GB:.1f} GB | {2 * params / GB:.1f} GB |"
             )
     return "\n".join(lines)
 

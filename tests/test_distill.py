@@ -178,6 +178,39 @@ def test_two_processes_compute_the_one_process_run_with_a_teacher(loss, tiny_mod
     _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.parametrize("loss", ["reverse_kl", "jsd"])
+def test_under_fsdp2_the_teacher_and_reference_are_sharded_and_the_run_is_the_one_process_run(
+    loss, tiny_model_dir, teacher_dir, tmp_path, monkeypatch
+):
+    """Teacher and reference model are sharded like the policy (each process holds about half of their
+    layers), and the run is still the one-process run: the JSD reads the teacher's whole head inside the
+    policy's sharded forward, the reverse KL scores through the teacher's own sharded forward."""
+    import re
+
+    import yaml
+    from test_scale import _assert_same_run, _launch_fsdp2, _one_process, _recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    paths = {}
+    for name in ("one", "sharded"):
+        path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "grpo")
+        recipe = yaml.safe_load(path.read_text())
+        recipe["teacher"] = {"name_or_path": str(teacher_dir)}
+        recipe["distill"] = {"loss": loss, "coef": 0.5}
+        recipe["grpo"] = {"beta": 0.05}  # the KL penalty: a reference model too
+        path.write_text(yaml.safe_dump(recipe))
+        paths[name] = path
+    _one_process(paths["one"])
+    done = _launch_fsdp2(paths["sharded"])
+    _assert_same_run(tmp_path / "one", tmp_path / "sharded")
+    for name in ("the reference model", "the teacher"):
+        found = re.search(rf"{name} sharded \(FSDP2, (\d+) layers\): this process holds (\d+) of its (\d+) parameters",
+                          " ".join((done.stdout + done.stderr).split()))  # the log wraps lines
+        assert found, f"no placement line for {name}"
+        layers, held, total = map(int, found.groups())
+        assert layers >= 2 and held < total  # the embeddings stay whole, the layers are halved
+
+
 # ------------------------------------------------------------------ GKD: the JSD in the chunked forward
 
 

@@ -56,7 +56,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(launch: list[str], recipe: Path, *args: str, env: dict[str, str] | None = None) -> None:
+def accelerate_launch(launch: list[str], recipe: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``accelerate launch LAUNCH -m hybridrft train RECIPE ARGS`` on a free port; it must succeed."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [
@@ -65,6 +65,7 @@ def accelerate_launch(launch: list[str], recipe: Path, *args: str, env: dict[str
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def _launch(recipe: Path, processes: int, *args: str) -> None:
@@ -169,9 +170,9 @@ def test_a_prompts_rollouts_do_not_depend_on_its_company(tiny_model_dir, tiny_to
 FSDP2_CPU = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp2_cpu.yaml"
 
 
-def _launch_fsdp2(recipe: Path, *args: str) -> None:
+def _launch_fsdp2(recipe: Path, *args: str) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file recipes/accelerate/fsdp2_cpu.yaml`` (2 processes, gloo)."""
-    accelerate_launch(["--config_file", str(FSDP2_CPU)], recipe, *args)
+    return accelerate_launch(["--config_file", str(FSDP2_CPU)], recipe, *args)
 
 
 def test_fsdp2_computes_the_one_process_run_saves_full_models_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):

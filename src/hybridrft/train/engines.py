@@ -116,6 +116,45 @@ class Engine:
                     param.grad = torch.zeros_like(param)
         return model, optimizer
 
+    def prepare_frozen(self, scorer: torch.nn.Module, name: str) -> torch.nn.Module:
+        """A frozen model's scorer (the reference model, a teacher) on the run's device. Under FSDP2 it is
+        sharded as the policy is: each decoder layer (the model's ``_no_split_modules``) its own unit,
+        gathered for its forward and freed after it, so a process holds 1/N of the layers between
+        forwards. The rest (embeddings, final norm, output head: the root's own parameters) stays whole
+        on every process: GKD's JSD reads the teacher's head outside the teacher's forward, inside the
+        policy's checkpointed chunks, which a sharded root would have freed by the backward."""
+        if not self.fsdp2:
+            return scorer.to(self.accelerator.device)
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        plugin = self.accelerator.state.fsdp_plugin
+        layer_classes = set(getattr(scorer, "_no_split_modules", None) or ())
+        layers = [m for m in scorer.modules() if type(m).__name__ in layer_classes]
+        if not layers:
+            logger.warning("%s (%s) names no decoder-layer class (_no_split_modules): it stays whole on every process",
+                           name, type(scorer.config).__name__)
+            return scorer.to(self.accelerator.device)
+        mesh = getattr(self.accelerator, "torch_device_mesh", None)
+        settings = {
+            "offload_policy": plugin.cpu_offload,
+            "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),  # computes as the policy does
+            "mesh": mesh[tuple(self.accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+        }
+        for layer in layers:
+            fully_shard(layer, reshard_after_forward=True, **settings)
+        in_layers = {id(p) for layer in layers for p in layer.parameters()}
+        whole = {p for p in scorer.parameters() if id(p) not in in_layers}
+        for param in whole:  # fully_shard places what it shards; what it ignores is placed here
+            param.data = param.data.to(self.accelerator.device)
+        fully_shard(scorer, ignored_params=whole, **settings)
+        # the scorer is FSDP's root before any layer runs (the JSD calls the teacher's layers directly,
+        # and a unit that runs first would make itself the root and keep its parameters whole)
+        scorer._get_fsdp_state()._lazy_init()
+        held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in scorer.parameters())
+        logger.info("%s sharded (FSDP2, %d layers): this process holds %d of its %d parameters",
+                    name, len(layers), held, sum(p.numel() for p in scorer.parameters()))
+        return scorer
+
     def step(self, optimizer, *, take: bool) -> None:
         """The optimizer step when ``take`` (a non-finite update is not taken), then gradients zeroed
         in place (freed buffers reallocated every step fragment the heap: about 60 MB more peak

@@ -216,10 +216,10 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
         self.model, self.optimizer = self.engine.prepare(PolicyScorer.for_run(self.config, model), self.optimizer)
         self.fine_tuning_optimizer = self._fine_tuning_optimizer()  # an interleaved method's (ReLIFT), else None
-        if self.reference is not None:
-            self.reference = PolicyScorer.for_run(self.config, self.reference).to(self.accelerator.device)
+        if self.reference is not None:  # sharded like the policy under FSDP2
+            self.reference = self.engine.prepare_frozen(PolicyScorer.for_run(self.config, self.reference), "the reference model")
         if self.teacher is not None:
-            self.teacher = PolicyScorer.for_run(self.config, self.teacher).to(self.accelerator.device)
+            self.teacher = self.engine.prepare_frozen(PolicyScorer.for_run(self.config, self.teacher), "the teacher")
         if config.model.gradient_checkpointing and self.accelerator.device.type == "cpu":
             return_freed_blocks_at_once()  # memory over speed, as checkpointing asks (train/memory.py)
         self.sampler = build_sampler(config.rollout.backend, self.policy, self.tokenizer,
