@@ -113,30 +113,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def gathered_per_prompt(processes: Processes, share: PromptShare, values_of: Callable[[int], tuple]) -> list[tuple]:
+    """``(training-set index, *values_of(k))`` for every prompt of the step's global batch, in global-batch
+    order and the same on every process: each process gives its share (``k``: the prompt's group in
+    this process's batch); they are gathered and ordered by position."""
+    mine = [(position, index, *values_of(k)) for k, (position, index) in enumerate(zip(share.positions, share.indices))]
+    return [outcome[1:] for outcome in sorted(outcome for part in processes.gather(mine) for outcome in part)]
+
+
 def prompt_outcomes(processes: Processes, share: PromptShare, batch: RolloutBatch) -> list[PromptOutcome]:
-    """Every prompt of the step's global batch with its rollouts' rewards, in global-batch order and
-    the same on every process (each process holds its share; they are gathered and ordered by position)."""
+    """Every prompt of the step's global batch with its rollouts' rewards (demonstrations left out)."""
     rewards, groups, is_demo = batch.reward.tolist(), batch.group.tolist(), batch.is_demo.tolist()
-    mine = [
-        (position, index, tuple(r for r, g, demo in zip(rewards, groups, is_demo) if g == k and not demo))
-        for k, (position, index) in enumerate(zip(share.positions, share.indices))
-    ]
-    everyone = sorted(outcome for part in processes.gather(mine) for outcome in part)
-    return [PromptOutcome(index, rollout_rewards) for _, index, rollout_rewards in everyone]
+    return [PromptOutcome(index, rollout_rewards) for index, rollout_rewards in gathered_per_prompt(
+        processes, share, lambda k: (tuple(r for r, g, demo in zip(rewards, groups, is_demo) if g == k and not demo),))]
 
 
 def prefix_outcomes(processes: Processes, share: PromptShare, batch: RolloutBatch) -> list[tuple[int, tuple, tuple]]:
     """Every prompt of the step's global batch as ``(training-set index, rewards of its unprefixed rollouts,
-    rewards of its prefixed ones)``, in global-batch order and the same on every process."""
+    rewards of its prefixed ones)``."""
     rewards, groups, prefixed = batch.reward.tolist(), batch.group.tolist(), (batch.prefix_id >= 0).tolist()
-    mine = [
-        (position, index,
-         tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and not p),
-         tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and p))
-        for k, (position, index) in enumerate(zip(share.positions, share.indices))
-    ]
-    everyone = sorted(outcome for part in processes.gather(mine) for outcome in part)
-    return [(index, plain, helped) for _, index, plain, helped in everyone]
+    return gathered_per_prompt(processes, share, lambda k: (
+        tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and not p),
+        tuple(r for r, g, p in zip(rewards, groups, prefixed) if g == k and p),
+    ))
 
 
 class Trainer:
