@@ -159,20 +159,27 @@ def test_a_distillation_run_resumes_bit_for_bit(tiny_model_dir, teacher_dir, tmp
     assert rows[1] == rows[0] and all("distill/kl" in r for r in rows[0] if r.get("kind") == "train")
 
 
-@pytest.mark.parametrize("loss", ["reverse_kl", "jsd"])
-def test_two_processes_compute_the_one_process_run_with_a_teacher(loss, tiny_model_dir, teacher_dir, tmp_path, monkeypatch):
+def _teacher_recipes(tmp_path, model_dir, teacher_dir, method: str, names: tuple[str, ...], **sections) -> dict:
+    """``test_scale``'s recipe for ``method`` with a teacher and ``sections``, once per run folder name."""
     import yaml
-    from test_scale import _assert_same_run, _launch, _one_process, _recipe
+    from test_scale import _recipe
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
     paths = {}
-    for name in ("one", "two"):
-        path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "distill")
-        recipe = yaml.safe_load(path.read_text())
-        recipe["teacher"] = {"name_or_path": str(teacher_dir)}
-        recipe["distill"] = {"loss": loss}  # jsd: the teacher runs inside the DDP-wrapped forward
+    for name in names:
+        path = _recipe(tmp_path, model_dir, tmp_path / name, method)
+        recipe = {**yaml.safe_load(path.read_text()), "teacher": {"name_or_path": str(teacher_dir)}, **sections}
         path.write_text(yaml.safe_dump(recipe))
         paths[name] = path
+    return paths
+
+
+@pytest.mark.parametrize("loss", ["reverse_kl", "jsd"])
+def test_two_processes_compute_the_one_process_run_with_a_teacher(loss, tiny_model_dir, teacher_dir, tmp_path, monkeypatch):
+    from test_scale import _assert_same_run, _launch, _one_process
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    # jsd: the teacher runs inside the DDP-wrapped forward
+    paths = _teacher_recipes(tmp_path, tiny_model_dir, teacher_dir, "distill", ("one", "two"), distill={"loss": loss})
     _one_process(paths["one"])
     _launch(paths["two"], 2)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -182,33 +189,31 @@ def test_two_processes_compute_the_one_process_run_with_a_teacher(loss, tiny_mod
 def test_under_fsdp2_the_teacher_and_reference_are_sharded_and_the_run_is_the_one_process_run(
     loss, tiny_model_dir, teacher_dir, tmp_path, monkeypatch
 ):
-    """Teacher and reference model are sharded like the policy (each process holds about half of their
-    layers), and the run is still the one-process run: the JSD reads the teacher's whole head inside the
-    policy's sharded forward, the reverse KL scores through the teacher's own sharded forward."""
+    """Teacher and reference model are sharded like the policy (rank 0 holds its half of every layer
+    parameter and the whole embeddings, norm and head), and the run is still the one-process run: the
+    JSD reads the teacher's whole head inside the policy's sharded forward, the reverse KL scores
+    through the teacher's own sharded forward."""
     import re
 
-    import yaml
-    from test_scale import _assert_same_run, _launch_fsdp2, _one_process, _recipe
+    from hybridrft.models import load_policy
+    from test_scale import _assert_same_run, _launch_fsdp2, _one_process
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    paths = {}
-    for name in ("one", "sharded"):
-        path = _recipe(tmp_path, tiny_model_dir, tmp_path / name, "grpo")
-        recipe = yaml.safe_load(path.read_text())
-        recipe["teacher"] = {"name_or_path": str(teacher_dir)}
-        recipe["distill"] = {"loss": loss, "coef": 0.5}
-        recipe["grpo"] = {"beta": 0.05}  # the KL penalty: a reference model too
-        path.write_text(yaml.safe_dump(recipe))
-        paths[name] = path
+    paths = _teacher_recipes(tmp_path, tiny_model_dir, teacher_dir, "grpo", ("one", "sharded"),
+                             distill={"loss": loss, "coef": 0.5}, grpo={"beta": 0.05})  # beta: a reference model too
     _one_process(paths["one"])
     done = _launch_fsdp2(paths["sharded"])
     _assert_same_run(tmp_path / "one", tmp_path / "sharded")
-    for name in ("the reference model", "the teacher"):
-        found = re.search(rf"{name} sharded \(FSDP2, (\d+) layers\): this process holds (\d+) of its (\d+) parameters",
-                          " ".join((done.stdout + done.stderr).split()))  # the log wraps lines
-        assert found, f"no placement line for {name}"
-        layers, held, total = map(int, found.groups())
-        assert layers >= 2 and held < total  # the embeddings stay whole, the layers are halved
+    log = " ".join((done.stdout + done.stderr).split())  # the log wraps lines
+    for name, path in (("the reference model", tiny_model_dir), ("the teacher", teacher_dir)):
+        model = load_policy(str(path))
+        layers = model.model.layers
+        total = sum(p.numel() for p in model.parameters())
+        in_layers = sum(p.numel() for p in layers.parameters())
+        # FSDP2 splits each parameter along its first dimension; rank 0 takes the first ceil(d0 / 2) rows
+        rank0 = sum(-(-p.shape[0] // 2) * (p.numel() // p.shape[0]) for p in layers.parameters())
+        expected = f"{name} sharded (FSDP2, {len(layers)} layers): this process holds {total - in_layers + rank0} of its {total} parameters"
+        assert expected in log, re.findall(rf"{name} sharded[^:]*: [^.]*parameters", log)
 
 
 # ------------------------------------------------------------------ GKD: the JSD in the chunked forward
