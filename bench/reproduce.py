@@ -302,8 +302,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def read_eval(folder: Path) -> dict[str, float] | None:
+    """An evaluation's metrics as ``benchmark/metric``, once it is finished (its ``done`` marker: the
+    evaluation rewrites ``results.json`` after each benchmark, so an unfinished one lacks some)."""
     path = folder / "results.json"
-    if not path.is_file():
+    if not path.is_file() or not (folder / "done").is_file():
         return None
     benchmarks = json.loads(path.read_text())["benchmarks"]
     out = {}

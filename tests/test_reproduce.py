@@ -81,6 +81,7 @@ def test_claim_table_reads_the_evaluations_and_states_verdicts(reproduce, tmp_pa
                           enumerate((("id", "pass@1" if folder == "eval-greedy" else "avg@4"),
                                      ("ood", "pass@1" if folder == "eval-greedy" else "avg@4")))}
             (out / "results.json").write_text(json.dumps({"benchmarks": benchmarks}))
+            (out / "done").write_text("1.0\n")
 
     for seed, (srft, sft) in enumerate([(0.50, 0.10), (0.52, 0.12), (0.54, 0.14)]):
         write("srft", seed, (srft, 0.1), (srft, 0.1 + seed / 10))
@@ -138,3 +139,13 @@ def test_a_rebuild_keeps_the_hand_written_claims_and_nothing_after_them(reproduc
     doc.write_text("# Results\n\n## Claim by claim\n\nSRFT held.\n\n## Distillation\n\ntable\n\n## The first study\n\nold\n")
     assert reproduce.written_claims(doc) == "SRFT held."
     assert reproduce.written_claims(tmp_path / "missing.md") == "(written once the study has finished)"
+
+
+def test_an_unfinished_evaluation_is_not_read(reproduce, tmp_path):
+    """The evaluation rewrites results.json after each benchmark: without its done marker it may lack some."""
+    folder = tmp_path / "eval-sampled"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"benchmarks": {"id": {"metrics": {"avg@4": 0.5}}}}))
+    assert reproduce.read_eval(folder) is None
+    (folder / "done").write_text("1.0\n")
+    assert reproduce.read_eval(folder) == {"id/avg@4": 0.5}
