@@ -48,14 +48,28 @@ def _run_training(config) -> "TrainResult":  # noqa: F821
     except (NonFiniteTrainingError, CheckpointWriteError) as err:
         fail(str(err))
     except TrainingStopped as stopped:
+        _end_process_group(trainer)
         Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {escape(str(stopped))}", highlight=False)
         raise typer.Exit(STOPPED_EXIT_CODE)
+    _end_process_group(trainer)
     if not result.is_main_process:  # rank 0 writes the report
         return result
     from hybridrft.report import write_report
 
     console.print(f"report: {write_report([result.output_dir])} (plots in {result.output_dir / 'plots'})")
     return result
+
+
+def _end_process_group(trainer) -> None:
+    """Every process leaves the process group together before this one exits. A group left to the
+    interpreter's exit is torn down in whatever order static destructors run, and a gloo worker
+    thread still joinable then aborts the process ("terminate called without an active exception")
+    after a run that finished."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # not already ended by end_training
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.state.destroy_process_group()
 
 
 @app.command()
