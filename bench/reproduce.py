@@ -433,7 +433,7 @@ def results(study: Study, root: Path, doc: Path) -> None:
         "PLOTS": "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)",
         "ORDERINGS": "\n".join(claim_table(home, study.methods)), "PILOT": pilot_text(study, root),
         "CLAIMS": written_claims(doc), "BASE_REGIME": (REPO / "bench" / "reproduce_base_regime.md").read_text().rstrip(),
-        "DISTILL": "\n".join(distill_demo_table()),
+        "DISTILL": "\n".join(distill_demo_table()), "COST": cost_text(study, root),
     }
     text = (REPO / "bench" / "reproduce_results.md").read_text()
     for key, value in fills.items():
@@ -441,6 +441,57 @@ def results(study: Study, root: Path, doc: Path) -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     print(f"wrote {doc}")
+
+
+def step_seconds(out: Path) -> float:
+    return sum(r.get("time/step", 0.0) for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train")
+
+
+def eval_seconds(folder: Path) -> float:
+    """Seconds of the evaluations under ``folder`` (each ``done`` marker holds its own)."""
+    return sum(float(done.read_text()) for done in folder.rglob("eval-*/done"))
+
+
+def cost_text(study: Study, root: Path) -> str:
+    """What the study has cost so far, in hours of one core (every job ran on one thread), stage by stage.
+
+    The trainer times its steps; the pieces around them (loading the model, the 64-problem evaluations
+    every 8 steps, checkpoints) are counted from the runs whose training ran in one piece, where the
+    wall-clock of that piece covers them: a resumed run's last piece covers only its last steps."""
+    home = study.home(root)
+    stages = [("the warm start (SFT)", [home / "sft"]), ("the pilot", sorted((home / "pilot").glob("*"))),
+              ("an earlier 8-step sweep, discarded for the 16-step one", sorted((home / "sweep-8steps").glob("*-lr*"))),
+              ("the learning-rate sweeps", sorted((home / "sweep").glob("*-lr*"))),
+              ("the runs", sorted((home / "runs").glob("*-seed*")))]
+    ratios = []
+    for _, folders in stages:
+        for out in folders:
+            if (out / "done.json").is_file() and (steps := step_seconds(out)) > 0:
+                wall = json.loads((out / "done.json").read_text())["last_piece_s"]
+                if wall >= steps:
+                    ratios.append(wall / steps)
+    around = statistics.median(ratios) if ratios else 1.0
+    lines, total = [], 0.0
+    for name, folders in stages:
+        folders = [f for f in folders if (f / "metrics.jsonl").is_file()]
+        if not folders:
+            continue
+        steps, evals = sum(map(step_seconds, folders)), sum(map(eval_seconds, folders))
+        total += steps * around + evals
+        lines.append(f"| {name} | {len(folders)} | {steps / 3600:.1f} h | {evals / 3600:.1f} h | "
+                     f"{(steps * around + evals) / 3600:.1f} h |")
+    start_evals = eval_seconds(root / study.start_eval)
+    total += start_evals
+    lines.append(f"| the start's evaluations (bfloat16 and float32) | 1 | - | {start_evals / 3600:.1f} h | "
+                 f"{start_evals / 3600:.1f} h |")
+    return "\n".join([
+        "| stage | runs | training steps | end-of-run evaluation | with the time around the steps |",
+        "|---|---|---|---|---|", *lines,
+        f"| **all** | | | | **{total / 3600:.1f} h** |", "",
+        f"Hours of one core (every job ran on one thread, two jobs side by side). The time around the "
+        f"steps (loading, the curves' evaluations, checkpoints) is the median ratio of wall-clock to step "
+        f"time, {around:.2f}, over the runs that trained in one piece ({len(ratios)} of them). On the 2 cores the "
+        f"study so far is about {total / 7200:.1f} h of wall-clock, against a budget of about 6 h planned for it."])
 
 
 def distill_demo_table() -> list[str]:

@@ -149,3 +149,30 @@ def test_an_unfinished_evaluation_is_not_read(reproduce, tmp_path):
     assert reproduce.read_eval(folder) is None
     (folder / "done").write_text("1.0\n")
     assert reproduce.read_eval(folder) == {"id/avg@4": 0.5}
+
+
+def test_the_cost_counts_steps_scaled_by_one_piece_runs_and_every_evaluation(reproduce, tmp_path):
+    study = reproduce.WARM_START
+    home = study.home(tmp_path)
+
+    def run(folder: Path, step_times: list[float], wall: float | None, evals: dict[str, float]) -> None:
+        folder.mkdir(parents=True)
+        rows = [{"kind": "train", "step": k + 1, "time/step": t} for k, t in enumerate(step_times)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + [{"kind": "eval", "step": 8}]))
+        if wall is not None:
+            (folder / "done.json").write_text(json.dumps({"last_piece_s": wall}))
+        for name, seconds in evals.items():
+            (folder / name).mkdir()
+            (folder / name / "done").write_text(f"{seconds}\n")
+
+    run(home / "sweep" / "grpo-lr1e-05", [1800.0, 1800.0], 3600 * 1.5, {})  # one piece: ratio 1.5
+    run(home / "runs" / "grpo-seed0", [3600.0], 1800.0, {"eval-greedy": 900.0, "eval-sampled": 2700.0})  # resumed
+    run(home / "runs" / "grpo-seed1", [1800.0], None, {})  # still training: its steps count, no ratio
+    (tmp_path / study.start_eval / "eval-greedy").mkdir(parents=True)
+    (tmp_path / study.start_eval / "eval-greedy" / "done").write_text("1800\n")
+    text = reproduce.cost_text(study, tmp_path)
+    assert "| the learning-rate sweeps | 1 | 1.0 h | 0.0 h | 1.5 h |" in text
+    assert "| the runs | 2 | 1.5 h | 1.0 h | 3.2 h |" in text  # 1.5 h of steps x 1.5 + 1 h of evaluation
+    assert "| the start's evaluations (bfloat16 and float32) | 1 | - | 0.5 h | 0.5 h |" in text
+    assert "**5.2 h**" in text and "1.50, over the runs that trained in one piece (1 of them)" in text and "about 2.6 h of wall-clock" in text
+    assert "pilot" not in text  # a stage that did not run has no row
