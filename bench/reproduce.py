@@ -434,6 +434,7 @@ def results(study: Study, root: Path, doc: Path) -> None:
         "ORDERINGS": "\n".join(claim_table(home, study.methods)), "PILOT": pilot_text(study, root),
         "CLAIMS": written_claims(doc), "BASE_REGIME": (REPO / "bench" / "reproduce_base_regime.md").read_text().rstrip(),
         "DISTILL": "\n".join(distill_demo_table()), "COST": cost_text(study, root),
+        "ENDS": "\n".join(first_and_last_table(study, root)),
     }
     text = (REPO / "bench" / "reproduce_results.md").read_text()
     for key, value in fills.items():
@@ -619,6 +620,38 @@ def method_curves(folders: list[Path], key: str) -> tuple[list[int], list[float]
     steps = [s for s in steps if all(s in seed for seed in per_seed)]
     columns = [[seed[s] for seed in per_seed] for s in steps]
     return steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
+
+
+WINDOW = 8  # steps at each end of a run that the first-and-last table averages
+
+
+def window_mean(folder: Path, key: str, first: bool, steps: int) -> float | None:
+    """Mean of a training metric over a run's first (or last) WINDOW steps, over the steps that logged it."""
+    span = range(1, WINDOW + 1) if first else range(steps - WINDOW + 1, steps + 1)
+    values = [r[key] for r in read_jsonl(folder / "metrics.jsonl") if r.get("kind") == "train" and r["step"] in span
+              and key in r]
+    return statistics.fmean(values) if values else None
+
+
+def first_and_last_table(study: Study, root: Path) -> list[str]:
+    """Each curve panel's per-step metrics, averaged over a run's first and last WINDOW steps and then
+    over seeds: the numbers the curves show, without reading them off a plot."""
+    keys = [(key, title.split(" (")[0]) for key, title in CURVE_PANELS if not key.startswith("eval/")]
+    lines = ["| method | seeds | " + " | ".join(f"{title}, steps 1-{WINDOW} → {study.steps - WINDOW + 1}-{study.steps}"
+                                                 for _, title in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    home = study.home(root)
+    for method in study.methods:
+        folders = [o for o in run_folders(home, method) if (o / "done.json").is_file()]
+        if not folders:
+            continue
+        cells = []
+        for key, _ in keys:
+            ends = [[v for o in folders if (v := window_mean(o, key, first, study.steps)) is not None]
+                    for first in (True, False)]
+            cells.append(" → ".join(f"{statistics.fmean(e):.3f}" if e else "-" for e in ends) if any(ends) else "-")
+        lines.append(f"| {LABELS[method]} | {len(folders)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def draw_curves(study: Study, root: Path, folder: Path) -> list[Path]:

@@ -176,3 +176,22 @@ def test_the_cost_counts_steps_scaled_by_one_piece_runs_and_every_evaluation(rep
     assert "| the start's evaluations (bfloat16 and float32) | 1 | - | 0.5 h | 0.5 h |" in text
     assert "**5.2 h**" in text and "1.50, over the runs that trained in one piece (1 of them)" in text and "about 2.6 h of wall-clock" in text
     assert "pilot" not in text  # a stage that did not run has no row
+
+
+def test_the_first_and_last_table_averages_each_end_then_the_seeds(reproduce, tmp_path):
+    study = reproduce.WARM_START
+    last = study.steps
+    for seed, (early, late) in enumerate([(0.2, 0.4), (0.4, 0.8)]):
+        folder = study.home(tmp_path) / "runs" / f"sasr-seed{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"kind": "train", "step": k, "entropy/demo": 1.0} for k in range(1, 9)]  # SFT steps: no rollouts
+        rows += [{"kind": "train", "step": k, "reward/mean": early, "entropy/rollout": 0.5, "entropy/demo": 1.0}
+                 for k in range(9, last - 7)]
+        rows += [{"kind": "train", "step": k, "reward/mean": late, "entropy/rollout": 0.1, "entropy/demo": 0.5}
+                 for k in range(last - 7, last + 1)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "done.json").write_text("{}")
+    (study.home(tmp_path) / "runs" / "sft-seed0").mkdir()  # not finished: no row
+    table = reproduce.first_and_last_table(study, tmp_path)
+    assert len(table) == 3
+    assert table[2] == "| SASR | 2 | - → 0.600 | - → 0.100 | 1.000 → 0.500 |"
