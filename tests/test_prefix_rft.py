@@ -247,6 +247,22 @@ def test_the_adaptive_controller_holds_success_near_the_target_and_withdraws_a_s
     assert [s.length for s in slots[0]][-1] == 24 and [s.length for s in slots[1]][-1] == 0  # 0.6 x 40; withdrawn
 
 
+@pytest.mark.parametrize("demos_per_prompt", [0, 1])
+def test_dr_grpo_divides_by_the_rollout_budget_whatever_the_demonstrations_per_prompt(demos_per_prompt):
+    """Demonstrations reach Prefix-RFT only as prefixes of rollouts, so L_max is the rollout budget, as
+    the reference's loss_agg_max_tokens (data.max_response_length), even where a shared recipe asks
+    for a demonstration per prompt; the demonstrations' length cap (1024 by default) would scale the
+    policy gradient down against the token-mean entropy bonus."""
+    from hybridrft.config import load_config
+    from hybridrft.objectives import build_objective
+
+    config = load_config(overrides=["method=prefix_rft", "rollout.max_new_tokens=96",
+                                    f"group.demos_per_prompt={demos_per_prompt}"])
+    objective = build_objective(config)
+    assert config.data.max_demo_tokens == 1024 and objective.aggregation == "seq_mean_token_sum_norm"
+    assert objective.max_len == 96 and not objective.trains_on_whole_demonstrations
+
+
 def test_two_processes_compute_the_one_process_run_with_prefixed_rollouts(tiny_model_dir, tmp_path, monkeypatch):
     """tests/test_scale.py's recipe as Prefix-RFT: each of the 4 prompts has 1 plain and 2 prefixed slots,
     2 continuations each. The reshapers are the ones whose result does not depend on how rows fall into

@@ -130,6 +130,13 @@ class PrefixRFTObjective(Objective):
         return self.cfg.num_empty_prefix < self.cfg.num_prefix
 
     @property
+    def trains_on_whole_demonstrations(self) -> bool:
+        """Never, whatever ``group.demos_per_prompt`` a shared recipe sets: demonstrations enter as
+        prefixes of rollouts only, so Dr. GRPO's ``L_max`` is the rollout budget (the reference's
+        ``loss_agg_max_tokens``), not the demonstrations' length cap."""
+        return False
+
+    @property
     def rollouts_per_prefix(self) -> int:
         return self.cfg.rollouts_per_prefix
 
