@@ -462,7 +462,8 @@ def cost_text(study: Study, root: Path) -> str:
     home = study.home(root)
     stages = [("the warm start (SFT)", [home / "sft"]), ("the pilot", sorted((home / "pilot").glob("*"))),
               ("an earlier 8-step sweep, discarded for the 16-step one", sorted((home / "sweep-8steps").glob("*-lr*"))),
-              ("runs discarded after a bug fix (kept in the study's `discarded/` folder)", sorted(m.parent for m in (home / "discarded").rglob("metrics.jsonl"))),
+              ("runs discarded after a bug fix (kept in the study's `discarded/` folder)",
+               sorted(m.parent for m in (home / "discarded").rglob("metrics.jsonl"))),
               ("the learning-rate sweeps", sorted((home / "sweep").glob("*-lr*"))),
               ("the runs", sorted((home / "runs").glob("*-seed*")))]
     ratios = []
