@@ -517,7 +517,8 @@ def setup_text(study: Study, root: Path) -> str:
             + ", ".join(f"step {k}: {v * 100:.1f}%" for k, v in start["curve"].items())
             + f". Step {start['step']} is the checkpoint closest to {warm_start.TARGET:.0%} inside the "
             f"{warm_start.BAND[0]:.0%}-{warm_start.BAND[1]:.0%} band; it has seen {start['step'] * 2 * PROMPTS} "
-            "training problems, none of the held-out ones.")
+            "training problems, none of the held-out ones. Every method loads its weights with a fresh AdamW "
+            "(the warm start's optimizer state is not kept).")
     lines += [
         f"- Training data: the built-in arithmetic word problems ({ID_STEPS[0]}-{ID_STEPS[1]} operations, addends up "
         f"to 20, one-digit factors, values up to 100), {SIZES['train']:,} problems with one demonstration each.",
