@@ -350,9 +350,14 @@ def run_folders(home: Path, method: str) -> list[Path]:
     return sorted((home / "runs").glob(f"{method}-seed*"))
 
 
-def claim_table(home: Path, methods: tuple[str, ...]) -> list[str]:
-    """One row per ordering the papers claim among ``methods``: the difference in points and whether it
-    holds here."""
+def claim_table(home: Path, study: Study) -> list[str]:
+    """One row per ordering the papers claim among the study's methods: the difference in points and
+    whether it holds here. A claim is judged once both methods have all their seeds (a partial study's
+    one-seed side would let the other side's spread stand for a seed still to come), and a difference
+    with no spread over seeds on either side gets no verdict: held-out accuracies are counts of
+    problems, so seeds can tie exactly, and a zero-width interval would call any difference real."""
+    methods = study.methods
+    planned = {m: len(SEEDS) if m in study.seeded else 1 for m in methods}
     scores = {m: {key: [r[key] for o in run_folders(home, m) if (r := read_eval(o / folder))]
                   for folder, key, _ in METRICS} for m in methods}
     lines = ["| claim | " + " | ".join(label for _, _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
@@ -361,12 +366,19 @@ def claim_table(home: Path, methods: tuple[str, ...]) -> list[str]:
             continue
         cells = []
         for _, key, _ in METRICS:
-            found = difference_interval(scores[better][key], scores[other][key])
+            a, b = scores[better][key], scores[other][key]
+            if len(a) < planned[better] or len(b) < planned[other]:
+                cells.append(f"n/a (seeds {len(a)}/{planned[better]}, {len(b)}/{planned[other]})")
+                continue
+            found = difference_interval(a, b)
             if found is None:
                 cells.append("n/a")
                 continue
             diff, half = found[0] * 100, found[1] * 100
-            verdict = "holds" if diff - half > 0 else "reversed" if diff + half < 0 else "not separable"
+            if half == 0 and diff != 0:
+                verdict = "no spread over seeds"
+            else:
+                verdict = "holds" if diff - half > 0 else "reversed" if diff + half < 0 else "not separable"
             cells.append(f"{diff:+.1f} ± {half:.1f} ({verdict})")
         lines.append(f"| {LABELS[better]} > {LABELS[other]} | " + " | ".join(cells) + " |")
     return lines
@@ -431,7 +443,7 @@ def results(study: Study, root: Path, doc: Path) -> None:
         "STATUS": status_line(study, root), "SETUP": setup_text(study, root), "TABLE": "\n".join(main_table(study, root)),
         "SWEEPS": "\n".join(sweeps) or "(not run yet)", "THREADS": ", ".join(threads) or "n/a",
         "PLOTS": "\n".join(f"![{p.stem}](results/{p.name})" for p in plots) or "(not drawn yet)",
-        "ORDERINGS": "\n".join(claim_table(home, study.methods)), "PILOT": pilot_text(study, root),
+        "ORDERINGS": "\n".join(claim_table(home, study)), "PILOT": pilot_text(study, root),
         "CLAIMS": written_claims(doc), "BASE_REGIME": (REPO / "bench" / "reproduce_base_regime.md").read_text().rstrip(),
         "DISTILL": "\n".join(distill_demo_table()), "COST": cost_text(study, root),
         "ENDS": "\n".join(first_and_last_table(study, root)),

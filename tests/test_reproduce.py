@@ -86,13 +86,24 @@ def test_claim_table_reads_the_evaluations_and_states_verdicts(reproduce, tmp_pa
     for seed, (srft, sft) in enumerate([(0.50, 0.10), (0.52, 0.12), (0.54, 0.14)]):
         write("srft", seed, (srft, 0.1), (srft, 0.1 + seed / 10))
         write("sft", seed, (sft, 0.1), (sft, 0.3 - seed / 10))
-    rows = {line.split(" |")[0].strip("| "): line
-            for line in reproduce.claim_table(tmp_path, reproduce.BASE_REGIME.methods)}
-    cells = [c.strip() for c in rows["SRFT > SFT"].strip("|").split("|")[1:]]
+    def table():
+        rows = {line.split(" |")[0].strip("| "): line for line in reproduce.claim_table(tmp_path, reproduce.BASE_REGIME)}
+        return {claim: [c.strip() for c in row.strip("|").split("|")[1:]] for claim, row in rows.items()}
+
+    cells = table()["SRFT > SFT"]
     assert cells[0] == "+40.0 ± 4.5 (holds)"  # sd 2 points each side: 2.776 * 2 * sqrt(2/3) = 4.53
     assert cells[1] == "+0.0 ± 0.0 (not separable)"
     assert cells[3].endswith("(not separable)")
-    assert rows["SRFT > GRPO"].count("n/a") == len(reproduce.METRICS)
+    assert table()["SRFT > GRPO"] == ["n/a (seeds 3/3, 0/3)"] * len(reproduce.METRICS)
+
+    # a partial study: SASR has 1 of its 3 seeds, so its claims wait, whatever the other side's spread
+    write("sasr", 0, (0.9, 0.1), (0.9, 0.1))
+    assert table()["SASR > SFT"] == ["n/a (seeds 1/3, 3/3)"] * len(reproduce.METRICS)
+    # static mix plans one seed: judged against SASR's three, here with no spread on either side
+    for seed in (1, 2):
+        write("sasr", seed, (0.9, 0.1), (0.9, 0.1))
+    write("static_mix", 0, (0.8, 0.1), (0.9, 0.1))
+    assert table()["SASR > static mix"][:2] == ["+10.0 ± 0.0 (no spread over seeds)", "+0.0 ± 0.0 (not separable)"]
 
 
 def test_run_costs_sum_the_training_steps_and_count_rewarded_groups(reproduce, tmp_path):
