@@ -456,10 +456,6 @@ def results(study: Study, root: Path, doc: Path) -> None:
     print(f"wrote {doc}")
 
 
-def step_seconds(out: Path) -> float:
-    return sum(r.get("time/step", 0.0) for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train")
-
-
 def eval_seconds(folder: Path) -> float:
     """Seconds of the evaluations under ``folder`` (each ``done`` marker holds its own)."""
     return sum(float(done.read_text()) for done in folder.rglob("eval-*/done"))
@@ -478,20 +474,22 @@ def cost_text(study: Study, root: Path) -> str:
                sorted(m.parent for m in (home / "discarded").rglob("metrics.jsonl"))),
               ("the learning-rate sweeps", sorted((home / "sweep").glob("*-lr*"))),
               ("the runs", sorted((home / "runs").glob("*-seed*")))]
+    stages = [(name, {f: run_costs(f)["seconds"] for f in folders if (f / "metrics.jsonl").is_file()})
+              for name, folders in stages]
     ratios = []
-    for _, folders in stages:
-        for out in folders:
-            if (out / "done.json").is_file() and (steps := step_seconds(out)) > 0:
+    for _, step_time in stages:
+        for out, steps in step_time.items():
+            if (out / "done.json").is_file() and steps > 0:
                 wall = json.loads((out / "done.json").read_text())["last_piece_s"]
                 if wall >= steps:
                     ratios.append(wall / steps)
     around = statistics.median(ratios) if ratios else 1.0
     lines, total = [], 0.0
-    for name, folders in stages:
-        folders = [f for f in folders if (f / "metrics.jsonl").is_file()]
-        if not folders:
+    for name, step_time in stages:
+        if not step_time:
             continue
-        steps, evals = sum(map(step_seconds, folders)), sum(map(eval_seconds, folders))
+        folders = list(step_time)
+        steps, evals = sum(step_time.values()), sum(map(eval_seconds, folders))
         total += steps * around + evals
         lines.append(f"| {name} | {len(folders)} | {steps / 3600:.1f} h | {evals / 3600:.1f} h | "
                      f"{(steps * around + evals) / 3600:.1f} h |")
@@ -640,11 +638,10 @@ def method_curves(folders: list[Path], key: str) -> tuple[list[int], list[float]
 WINDOW = 8  # steps at each end of a run that the first-and-last table averages
 
 
-def window_mean(folder: Path, key: str, first: bool, steps: int) -> float | None:
+def window_mean(rows: list[dict], key: str, first: bool, steps: int) -> float | None:
     """Mean of a training metric over a run's first (or last) WINDOW steps, over the steps that logged it."""
     span = range(1, WINDOW + 1) if first else range(steps - WINDOW + 1, steps + 1)
-    values = [r[key] for r in read_jsonl(folder / "metrics.jsonl") if r.get("kind") == "train" and r["step"] in span
-              and key in r]
+    values = [r[key] for r in rows if r.get("kind") == "train" and r["step"] in span and key in r]
     return statistics.fmean(values) if values else None
 
 
@@ -660,9 +657,10 @@ def first_and_last_table(study: Study, root: Path) -> list[str]:
         folders = [o for o in run_folders(home, method) if (o / "done.json").is_file()]
         if not folders:
             continue
+        runs = [read_jsonl(o / "metrics.jsonl") for o in folders]
         cells = []
         for key, _ in keys:
-            ends = [[v for o in folders if (v := window_mean(o, key, first, study.steps)) is not None]
+            ends = [[v for rows in runs if (v := window_mean(rows, key, first, study.steps)) is not None]
                     for first in (True, False)]
             cells.append(" → ".join(f"{statistics.fmean(e):.3f}" if e else "-" for e in ends) if any(ends) else "-")
         lines.append(f"| {LABELS[method]} | {len(folders)} | " + " | ".join(cells) + " |")
