@@ -503,8 +503,8 @@ def cost_text(study: Study, root: Path) -> str:
         f"| **all** | | | | **{total / 3600:.1f} h** |", "",
         f"Hours of one core (every job ran on one thread, two jobs side by side). The time around the "
         f"steps (loading, the curves' evaluations, checkpoints) is the median ratio of wall-clock to step "
-        f"time, {around:.2f}, over the runs that trained in one piece ({len(ratios)} of them). On the 2 cores the "
-        f"study so far is about {total / 7200:.1f} h of wall-clock, against a budget of about 6 h planned for it."])
+        f"time, {around:.2f}, over the runs that trained in one piece ({len(ratios)} of them). On the 2 cores these "
+        f"hours come to about {total / 7200:.1f} h of wall-clock, against a budget of about 6 h planned for it."])
 
 
 def distill_demo_table() -> list[str]:
@@ -696,7 +696,7 @@ def draw_curves(study: Study, root: Path, folder: Path) -> list[Path]:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8, title="method (seeds)", title_fontsize=8)
+    axes.flat[0].legend(loc="lower right", fontsize=8, ncols=2, title="method (seeds)", title_fontsize=8)
     fig.suptitle(f"From the warm start: every method, mean over seeds, range shaded; per-step panels "
                  f"smoothed over {SMOOTH} steps", fontsize=11)
     fig.tight_layout()
