@@ -19,7 +19,7 @@ docs/RESULTS.md from the folders. Run it as two one-thread jobs, the methods spl
     python bench/reproduce.py plan                          # what is done, what remains
     python bench/reproduce.py pilot --threads 1             # how many steps: SFT and SRFT for 96
     nohup python bench/reproduce.py run --threads 1 --methods sft,grpo,luffy,srft,static_mix > a.log 2>&1 &
-    nohup python bench/reproduce.py run --threads 1 --methods sasr,relift,chord,hpt > b.log 2>&1 &
+    nohup python bench/reproduce.py run --threads 1 --methods sasr,relift,chord,hpt,prefix_rft > b.log 2>&1 &
     python bench/reproduce.py results                       # docs/RESULTS.md and docs/results/*.png
     python bench/reproduce.py run --study base              # the first study again
 """
