@@ -31,9 +31,7 @@ def main() -> None:
     reproduce.use_threads(args.threads)
     reproduce.prepare_start(study, args.root)
     out = args.root.parent / "diag" / f"{args.method}-lr{args.learning_rate:g}-seed{args.seed}"
-    recipe = reproduce.run_recipe(study, args.method, args.root, out, args.seed, args.learning_rate)
-    reproduce.train(args.root, out, recipe, keep_model=True)
-    reproduce.evaluate(args.root, str(out / "final_model"), out, dtype=study.eval_dtype)
+    reproduce.train_and_evaluate(study, args.root, args.method, out, args.seed, args.learning_rate)
 
 
 if __name__ == "__main__":

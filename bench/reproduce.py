@@ -265,6 +265,12 @@ def prepare_start(study: Study, root: Path) -> None:
         evaluate(root, study.start_model(root), root / study.start_eval / "fp32", sampled=False)
 
 
+def train_and_evaluate(study: Study, root: Path, method: str, out: Path, seed: int, learning_rate: float) -> None:
+    """One run of the study's protocol in ``out`` and its end-of-run evaluation (each skipped once done)."""
+    train(root, out, run_recipe(study, method, root, out, seed, learning_rate), keep_model=True)
+    evaluate(root, str(out / "final_model"), out, dtype=study.eval_dtype)
+
+
 def run(study: Study, root: Path, methods: list[str], seeds: list[int]) -> None:
     """The start, every method's sweep, then seed by seed every method's run and its evaluation (so a
     partial study already compares every method on its first seeds)."""
@@ -274,9 +280,8 @@ def run(study: Study, root: Path, methods: list[str], seeds: list[int]) -> None:
         for method in methods:
             if method not in study.seeded and k > 0:
                 continue
-            out = study.home(root) / "runs" / f"{method}-seed{seed}"
-            train(root, out, run_recipe(study, method, root, out, seed, rates[method]), keep_model=True)
-            evaluate(root, str(out / "final_model"), out, dtype=study.eval_dtype)
+            train_and_evaluate(study, root, method, study.home(root) / "runs" / f"{method}-seed{seed}", seed,
+                               rates[method])
 
 
 def pilot(study: Study, root: Path, methods: list[str]) -> None:

@@ -22,7 +22,8 @@ pip_install() {
   done
   return 1
 }
-$PIP install --quiet --upgrade pip
+# (pip itself is upgraded without pip_install: the pip a fresh venv brings may not know --resume-retries)
+$PIP install --quiet --retries 10 --upgrade pip
 # torch first and pinned: a requirement that pulls an unpinned torch would fetch a multi-GB CUDA build
 pip_install "torch==2.13.0"
 # vLLM's CPU build (rollout.backend=vllm here; on a GPU machine `pip install hybridrft[vllm]` instead). It
