@@ -34,7 +34,8 @@ def _load(recipe: Optional[Path], overrides: List[str]):
         fail(str(err))
 
 
-def _run_training(config) -> "TrainResult":  # noqa: F821
+def _run_training(config) -> tuple["TrainResult", bool]:  # noqa: F821
+    """The run, and whether it ran as several processes (their group ended here, on every process)."""
     from hybridrft.models import ModelNotFoundError
     from hybridrft.train import (STOPPED_EXIT_CODE, CheckpointError, CheckpointWriteError, NonFiniteTrainingError,
                                  RunFolderError, Trainer, TrainingStopped)
@@ -48,28 +49,50 @@ def _run_training(config) -> "TrainResult":  # noqa: F821
     except (NonFiniteTrainingError, CheckpointWriteError) as err:
         fail(str(err))
     except TrainingStopped as stopped:
-        _end_process_group(trainer)
+        several = _end_process_group(trainer)
         Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {escape(str(stopped))}", highlight=False)
+        if several:
+            _exit_without_teardown(STOPPED_EXIT_CODE)
         raise typer.Exit(STOPPED_EXIT_CODE)
-    _end_process_group(trainer)
+    several = _end_process_group(trainer)
     if not result.is_main_process:  # rank 0 writes the report
-        return result
+        return result, several
     from hybridrft.report import write_report
 
     console.print(f"report: {write_report([result.output_dir])} (plots in {result.output_dir / 'plots'})")
-    return result
+    return result, several
 
 
-def _end_process_group(trainer) -> None:
-    """Every process leaves the process group together before this one exits. A group left to the
-    interpreter's exit is torn down in whatever order static destructors run, and a gloo worker
-    thread still joinable then aborts the process ("terminate called without an active exception")
-    after a run that finished."""
+def _end_process_group(trainer) -> bool:
+    """Every process leaves the process group together before this one exits; True where there was a
+    group to leave (several processes). A group left to the interpreter's exit is torn down in whatever
+    order static destructors run, and a gloo worker thread still joinable then aborts the process
+    ("terminate called without an active exception") after a run that finished."""
     import torch.distributed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():  # not already ended by end_training
         trainer.accelerator.wait_for_everyone()
         trainer.accelerator.state.destroy_process_group()
+        return True
+    return False
+
+
+def _exit_without_teardown(code: int) -> None:
+    """Leave a process of a multi-process run once everything is written: the exit handlers run and
+    the streams are flushed while the interpreter is whole, and the interpreter is then not torn down.
+    Ending the process group is not enough on its own: torch.distributed's C++ threads can outlive it
+    and reach for the GIL while the interpreter finalizes, which aborts a process whose run finished
+    (rarely: about one FSDP2 launch in tens here), and the launcher then reports the run as failed."""
+    import atexit
+    import logging
+    import os
+    import sys
+
+    atexit._run_exitfuncs()  # the reward workers' pool, trackers: what a normal exit would run
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()
@@ -90,9 +113,11 @@ def train(
     SIGTERM or Ctrl-C checkpoints the last finished step and exits with code 75; a second one stops at once."""
     setup_logging(verbose)
     config = _load(recipe, list(overrides or []) + (["train.resume=true"] if resume else []))
-    result = _run_training(config)
+    result, several = _run_training(config)
     if result.is_main_process:
         console.print(f"run folder: {result.output_dir}  final model: {result.final_model}")
+    if several:
+        _exit_without_teardown(0)
 
 
 @app.command()
@@ -112,7 +137,7 @@ def quickstart(
         f"prompts/step={config.train.prompts_per_step} rollouts/prompt={config.group.num_generations} "
         f"held-out problems={config.eval.size}"
     )
-    result = _run_training(config)
+    result, _ = _run_training(config)
     steps = sorted(result.evals)
     if len(steps) < 2:
         return
